@@ -36,39 +36,140 @@ import time
 import torch
 
 import envs
+import mine
 import model as M
+import rollout as R
 from rollout import SKILL_MARK, Prompter
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 DEFAULTS = dict(env="household", seed=0, demos=600, noise=0.25, vocab=2048, hidden=128, layers=4, heads=4, kv_heads=2,
-                intermediate=384, sft_steps=600, batch=16, lr=3e-3, prompt_loss=1.0, history=2, room_size="small")
+                intermediate=384, sft_steps=600, batch=16, lr=3e-3, prompt_loss=1.0, history=2, room_size="small", amp=1,
+                skill_frac=0.4, rare="heat,cool", rare_plain=0.1, mine_frac=0.2)
 
 
-def demonstrations(suite, n, seed, prompter_text, noise=0.25):
-    """(user message, action) pairs from expert episodes on n tasks of a shuffled train split.
+# Reference skills (SPEC 2's three fields) per household task type: what a good miner writes. Each field has
+# phrasings to draw from, so that reading a skill is learned as language, not as one fixed string.
+_PROCESS = dict(pick_clean_then_place_in_recep=("clean", "cleaned", "sinkbasin"),
+                pick_heat_then_place_in_recep=("heat", "hot", "microwave"),
+                pick_cool_then_place_in_recep=("cool", "cool", "fridge"))
+SEARCH = "search for the object"
+
+
+def _skill_table():
+    t = {"pick_and_place_simple": dict(
+            when=["The task asks you to put an object in or on a receptacle.",
+                  "Use this when one object has to be moved into or onto a receptacle."],
+            strategy=["Search the places that can hold the object, take it, then carry it to the target receptacle.",
+                      "Look for the object one receptacle at a time; once you hold it, go to the target and put it there."],
+            steps=[f"{SEARCH} | take it | go to the target | put it in/on the target"]),
+         "look_at_obj_in_light": dict(
+            when=["The task asks you to look at or examine an object under the desklamp.",
+                  "Use this when an object must be examined in the light of the desklamp."],
+            strategy=["Find and take the object, then go to the receptacle where the desklamp stands and turn it on.",
+                      "Hold the object first; the task is done when you use the desklamp while holding it."],
+            steps=[f"{SEARCH} | take it | go to the desklamp | use the desklamp"]),
+         "pick_two_obj_and_place": dict(
+            when=["The task asks you to put two objects of the same kind in a receptacle.",
+                  "Use this when two objects of one kind must end up in the same receptacle."],
+            strategy=["Move them one at a time: put the first in the target, then search for the second.",
+                      "You can carry one object only, so bring the first to the target before fetching the second."],
+            steps=["find and take the first object | put it in/on the target | find and take the second object | "
+                   "go to the target | put it in/on the target"])}
+    for ttype, (verb, adj, app) in _PROCESS.items():
+        t[ttype] = dict(
+            when=[f"The task asks for a {adj} object to be put in a receptacle.",
+                  f"Use this when an object must be {adj if verb != 'heat' else 'heated'} before it is placed."],
+            strategy=[f"Find and take the object, {verb} it with the {app}, then bring it to the target.",
+                      f"The {app} does the work: carry the object there and {verb} it, then place it."],
+            steps=[f"{SEARCH} | take it | go to the {app} | {verb} it with the {app} | go to the target and put it in/on it"])
+    return t
+
+
+SKILLS = _skill_table()
+TARGET_FIRST = {"look_at_obj_in_light": ("Turn on the desklamp first.", "go to the desklamp and use it first"),
+                None: ("Open the target first.", "go to the target first and open it")}
+
+
+def reference_skill(task_type, rng=None, target_first=False):
+    """A correct skill dict for a household task type (phrasings drawn with rng; first ones without).
+    target_first: the variant whose procedure visits the target (or the desklamp) before searching."""
+    pick = (lambda xs: rng.choice(xs)) if rng else (lambda xs: xs[0])
+    s = {k: pick(v) for k, v in SKILLS[task_type].items()}
+    if target_first:
+        strategy, step = TARGET_FIRST.get(task_type, TARGET_FIRST[None])
+        steps = s["steps"].split(" | ")
+        s["strategy"] = strategy + " " + s["strategy"]
+        s["steps"] = " | ".join([step] + steps[:2] + [" and ".join(steps[2:])])
+    return s
+
+
+def _target_first_actions(env):
+    """The opening moves of the target-first variant, from the env's true state."""
+    if env.task_type == "look_at_obj_in_light":
+        r = next(r for r, c in enumerate(env.contents) if env.lamp in c)
+        return [env.goto[r], "use " + env.onames[env.lamp]]
+    r = env.goal_recs[0]
+    return [env.goto[r]] + (["open " + env.rnames[r]] if env.openable[r] else [])
+
+
+def demonstrations(suite, n, seed, prompter_text, noise=0.25, skill_frac=0.0, rare=(), rare_plain=1.0):
+    """(user message, skill block or None, action) triples from expert episodes on n tasks of a shuffled train split.
 
     With probability `noise` a step plays a random admissible action instead (not a training pair), so the
-    demonstrations also show states off the expert's path, "Nothing happens." included, and the way back."""
+    demonstrations also show states off the expert's path, "Nothing happens." included, and the way back.
+    A fraction `skill_frac` of episodes carry a correct skill block for their task type; half of those use the
+    target-first variant and the expert follows it, so the skill must be read to act right. Plain episodes of the
+    `rare` task types are kept with probability `rare_plain` only: the plain policy lacks their procedures,
+    which skills then supply (SPEC 8)."""
     rng = random.Random(seed)
     tasks = list(suite.tasks)
     rng.shuffle(tasks)
-    env, pairs = suite.new_env(), []
-    for task in tasks[:n]:
+    env, triples, played = suite.new_env(), [], 0
+    for task in tasks:
+        if played == n:
+            break
+        skill = None
+        if rng.random() < skill_frac:
+            first = rng.random() < 0.5
+            skill = R.format_skill(reference_skill(task.task_type, rng, first))
+        elif task.task_type in rare and rng.random() >= rare_plain:
+            continue
+        played += 1
         obs, past, done, t = env.reset(task), [], False, 0
+        prefix = _target_first_actions(env) if skill and first else []
         while not done:
-            a = env.expert_action(observable=True) if suite.name == "household" else env.expert_action()
-            if rng.random() < noise:
+            if prefix:
+                a = prefix.pop(0)
+            else:
+                a = env.expert_action(observable=True) if suite.name == "household" else env.expert_action()
+            if not prefix and rng.random() < noise:
                 a = rng.choice(obs.admissible) if rng.random() < 0.8 else rng.choice(["look", "go to moon 1", "help"])
                 if a.startswith("search[") and a.endswith("<your query>]"):
                     a = "search[" + " ".join(rng.sample(obs.task.split(), 3)) + "]"
             else:
-                pairs.append((prompter_text(obs.task, t, past, obs.text, obs.admissible), a))
+                triples.append((prompter_text(obs.task, t, past, obs.text, obs.admissible), skill, a))
             past.append((obs.text, a))
             obs, r, done, info = env.step(a)
             t += 1
-    return pairs
+    return triples
+
+
+def mining_examples(suite, n, seed):
+    """(mining prompt, three-line skill) pairs: the noise-free expert's actions on n train tasks and the
+    reference skill of the task type, so that the policy can write skills from its own successes."""
+    rng = random.Random(seed + 1)
+    tasks = rng.sample(list(suite.tasks), n)
+    env, out = suite.new_env(), []
+    for task in tasks:
+        obs, done, actions = env.reset(task), False, []
+        while not done:
+            actions.append(env.expert_action(observable=True))
+            obs, r, done, info = env.step(actions[-1])
+        out.append((mine.mining_prompt(suite.description, task.text, actions),
+                    mine.skill_text(reference_skill(task.task_type, rng))))
+    return out
 
 
 # Qwen2's pre-tokenization (digits one by one). It must be: transformers 5 loads any tokenizer stored beside
@@ -96,6 +197,17 @@ def train_tokenizer(texts, vocab, path):
     return tok
 
 
+HOUSEHOLD_RARE = {"heat": "pick_heat_then_place_in_recep", "cool": "pick_cool_then_place_in_recep",
+                  "clean": "pick_clean_then_place_in_recep", "look": "look_at_obj_in_light",
+                  "pick": "pick_and_place_simple", "two": "pick_two_obj_and_place"}
+
+
+def chat_ids(tok, text):
+    """Ids of one user message through the chat template, ready for the assistant's answer."""
+    return tok(tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True),
+               add_special_tokens=False)["input_ids"]
+
+
 def build(out, quiet=False, **kw):
     """Build (or reuse) the embedded policy in `out`; returns the checkpoint directory."""
     cfg = dict(DEFAULTS, **kw)
@@ -109,13 +221,19 @@ def build(out, quiet=False, **kw):
     env_kw = {"room_size": cfg["room_size"]} if cfg["env"] == "household" else {}
     suite = envs.make(cfg["env"], "train", seed=cfg["seed"], **env_kw)
     text_prompter = Prompter(None, suite.description, history=cfg["history"])
-    pairs = demonstrations(suite, cfg["demos"], cfg["seed"], text_prompter.text, cfg["noise"])
-    log(f"{len(pairs)} expert steps from {cfg['demos']} episodes")
+    household = cfg["env"] == "household"
+    rare = tuple(HOUSEHOLD_RARE[r] for r in cfg["rare"].split(",") if r) if household else ()
+    triples = demonstrations(suite, cfg["demos"], cfg["seed"], text_prompter.text, cfg["noise"],
+                             cfg["skill_frac"] if household else 0.0, rare, cfg["rare_plain"])
+    mining = mining_examples(suite, round(cfg["mine_frac"] * cfg["demos"]), cfg["seed"]) if household else []
+    log(f"{len(triples)} expert steps from {cfg['demos']} episodes "
+        f"({sum(s is not None for _, s, _ in triples)} with a skill block); {len(mining)} mining examples")
 
     tmp = out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    corpus = [p.replace(SKILL_MARK, "") for p, _ in pairs] + [f"<action>{a}</action>" for _, a in pairs]
+    corpus = ([p.replace(SKILL_MARK, s or "") for p, s, _ in triples] + [f"<action>{a}</action>" for _, _, a in triples]
+              + [p + "\n" + a for p, a in mining])
     train_tokenizer(corpus, cfg["vocab"], tmp)
     with open(os.path.join(tmp, "config.json"), "w") as f:  # so AutoTokenizer resolves it as it will later
         json.dump(M.config_dict(), f)
@@ -123,8 +241,9 @@ def build(out, quiet=False, **kw):
     tok = AutoTokenizer.from_pretrained(tmp)
     prompter = Prompter(tok, suite.description, history=cfg["history"])
     eos = tok.convert_tokens_to_ids("<|im_end|>")
-    data = [(prompter.render(p), tok(f"<action>{a}</action>", add_special_tokens=False)["input_ids"] + [eos])
-            for p, a in pairs]
+    enc = lambda text: tok(text, add_special_tokens=False)["input_ids"]
+    data = [(prompter.render(p, s), enc(f"<action>{a}</action>") + [eos]) for p, s, a in triples]
+    data += [(chat_ids(tok, p), enc(a) + [eos]) for p, a in mining]
     log(f"tokenizer: {len(tok)} tokens; mean prompt {sum(len(p) for p, _ in data) / len(data):.0f} tokens")
 
     hf = M.config_dict(vocab_size=len(tok), hidden_size=cfg["hidden"], intermediate_size=cfg["intermediate"],
@@ -141,16 +260,19 @@ def build(out, quiet=False, **kw):
         for group in opt.param_groups:
             group["lr"] = lr
         batch = g.sample(data, min(cfg["batch"], len(data)))
+        amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(cfg["amp"]))
         if cfg["prompt_loss"] > 0:  # language-model loss on the prompt tokens too (weight prompt_loss): far more
             # signal per sample than the ~12 action tokens, and full of copying (lists, history) to learn from
-            logp, _ = M.score(policy, [p[:1] for p, _ in batch], [p[1:] + r for p, r in batch])
+            with amp:
+                logp, _ = M.score(policy, [p[:1] for p, _ in batch], [p[1:] + r for p, r in batch])
             w = torch.zeros_like(logp)
             for k, (p, r) in enumerate(batch):
                 w[k, :len(p) - 1] = cfg["prompt_loss"]
                 w[k, len(p) - 1:len(p) - 1 + len(r)] = 1.0
             loss = -(logp * w).sum() / w.sum()
         else:
-            logp, _ = M.score(policy, [p for p, _ in batch], [r for _, r in batch])
+            with amp:
+                logp, _ = M.score(policy, [p for p, _ in batch], [r for _, r in batch])
             loss = -logp.sum() / sum(len(r) for _, r in batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -160,7 +282,7 @@ def build(out, quiet=False, **kw):
             log(f"sft step {step:4d} loss {loss.item():.4f} lr {lr:.2e} ({time.time() - t0:.0f} s)")
     policy.eval()
     M.save(policy, tmp)
-    json.dump(dict(key=key, settings=cfg, params=n_params, demo_steps=len(pairs), build_s=time.time() - t0),
+    json.dump(dict(key=key, settings=cfg, params=n_params, demo_steps=len(triples), mining_examples=len(mining), build_s=time.time() - t0),
               open(os.path.join(tmp, "bootstrap.json"), "w"), indent=2)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
@@ -171,13 +293,31 @@ def build(out, quiet=False, **kw):
 def imitation_accuracy(policy, tok, prompter, suite, n_episodes=40, seed=1):
     """Greedy exact-match accuracy on the expert's actions of n held-out episodes (no noise), per verb."""
     from rollout import project
-    pairs = demonstrations(suite, n_episodes, seed, prompter.text, noise=0.0)
-    out = M.generate(policy, [prompter.render(p) for p, _ in pairs], 24, temperature=0).lists()
+    triples = demonstrations(suite, n_episodes, seed, prompter.text, noise=0.0)
+    out = M.generate(policy, [prompter.render(p) for p, _, _ in triples], 24, temperature=0).lists()
     by_verb = {}
-    for (_, a), r in zip(pairs, out):
+    for (_, _, a), r in zip(triples, out):
         by_verb.setdefault(a.split()[0], []).append(project(tok.decode(r, skip_special_tokens=True))[0] == a)
     hits = [h for v in by_verb.values() for h in v]
     return sum(hits) / len(hits), {k: round(sum(v) / len(v), 3) for k, v in sorted(by_verb.items())}
+
+
+WRONG_SKILL = {"pick_heat_then_place_in_recep": "pick_cool_then_place_in_recep",
+               "pick_cool_then_place_in_recep": "pick_heat_then_place_in_recep",
+               "pick_clean_then_place_in_recep": "pick_heat_then_place_in_recep",
+               "pick_and_place_simple": "look_at_obj_in_light", "look_at_obj_in_light": "pick_and_place_simple",
+               "pick_two_obj_and_place": "pick_and_place_simple"}
+
+
+def skill_following(policy, tok, prompter, suite, temperature=0.4, max_steps=0):
+    """Household success per task type with the plain prompt, a correct skill block (the reference skill of
+    the task's type) and a wrong one (the reference skill of another type, WRONG_SKILL)."""
+    rows = {}
+    for name, fn in (("plain", None), ("correct", lambda t: R.format_skill(reference_skill(t.task_type))),
+                     ("wrong", lambda t: R.format_skill(reference_skill(WRONG_SKILL[t.task_type])))):
+        r = R.evaluate(policy, tok, prompter, suite, temperature=temperature, max_steps=max_steps, skill_of=fn)
+        rows[name] = dict(r["by_type"], all=r["success"])
+    return rows
 
 
 def main():
@@ -189,24 +329,37 @@ def main():
                  kv_heads="key/value heads (GQA)", intermediate="MLP width", sft_steps="supervised steps",
                  batch="samples per supervised step", lr="peak learning rate (warm-up 30 steps, cosine to 10%%)",
                  prompt_loss="weight of the LM loss on prompt tokens (action tokens weigh 1)",
-                 history="past (observation, action) pairs in the prompt, as in RL", room_size="household room size")
+                 history="past (observation, action) pairs in the prompt, as in RL", room_size="household room size",
+                 amp="1 = bfloat16 autocast for the supervised steps (CPU AMX / CUDA), 0 = float32",
+                 skill_frac="household: fraction of demo episodes with a correct skill block in the prompt",
+                 rare="household: task types (heat, cool, clean, look, pick, two; comma-separated) the plain demos "
+                      "mostly lack", rare_plain="household: fraction of plain demo episodes of rare types kept",
+                 mine_frac="household: mining examples (trajectory -> skill) per demo episode")
     for k, v in DEFAULTS.items():
         p.add_argument("--" + k.replace("_", "-"), type=type(v), default=v, help=f"{helps[k]} (default {v})")
-    p.add_argument("--eval-tasks", type=int, default=200, help="held-out tasks to evaluate the built policy on")
+    p.add_argument("--eval-tasks", type=int, default=200, help="held-out tasks per split to evaluate the policy on")
+    p.add_argument("--eval-max-steps", type=int, default=0, help="episode step cap in evaluation (0 = the env's)")
+    p.add_argument("--skills", action="store_true",
+                   help="household: also measure skill following (plain vs correct vs wrong skill block, per type)")
     a = vars(p.parse_args())
-    out, n_eval = a.pop("out"), a.pop("eval_tasks")
+    out, n_eval, cap, skills = a.pop("out"), a.pop("eval_tasks"), a.pop("eval_max_steps"), a.pop("skills")
     path = build(out, **a)
     from transformers import AutoTokenizer
-    from rollout import evaluate
     policy, tok = M.load(path), AutoTokenizer.from_pretrained(path)
     env_kw = {"room_size": a["room_size"]} if a["env"] == "household" else {}
     for split in ("eval_seen", "eval_unseen"):
         suite = envs.make(a["env"], split, n_tasks=n_eval, seed=a["seed"], **env_kw)
         prompter = Prompter(tok, suite.description, history=a["history"])
         acc, by_verb = imitation_accuracy(policy, tok, prompter, suite)
-        r = evaluate(policy, tok, prompter, suite)
+        r = R.evaluate(policy, tok, prompter, suite, max_steps=cap)
         print(f"{split}: success {r['success']:.3f} score {r['score']:.3f} by type {r['by_type']}; "
               f"expert-action accuracy {acc:.3f} by verb {by_verb}", flush=True)
+        if skills and a["env"] == "household":
+            rows = skill_following(policy, tok, prompter, suite, max_steps=cap)
+            types = list(rows["plain"])
+            print(f"{split} skill following (success, {n_eval} tasks):\n| prompt | " + " | ".join(types) + " |")
+            for name, row in rows.items():
+                print(f"| {name} | " + " | ".join(f"{row[t]:.3f}" for t in types) + " |", flush=True)
 
 
 if __name__ == "__main__":

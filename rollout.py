@@ -200,15 +200,17 @@ def rollout(model, tokenizer, prompter, suite, tasks, n, sampling, generator=Non
 
 
 def evaluate(model, tokenizer, prompter, suite, tasks=None, temperature=0.4, batch=64, seed=0, max_new_tokens=32,
-             max_steps=0):
-    """Plain-prompt success on a task list: overall, per task type, and the mean [0,1] score."""
+             max_steps=0, skill_of=None):
+    """Success on a task list: overall, per task type, and the mean [0,1] score. The plain prompt, unless
+    skill_of (task -> skill block or None) puts a skill in it (to measure skill following)."""
     tasks = suite.tasks if tasks is None else tasks
     g = torch.Generator(device=_device(model)).manual_seed(seed)
     eps = []
     for s in range(0, len(tasks), batch):
-        eps += rollout(model, tokenizer, prompter, suite, tasks[s:s + batch], 1,
+        chunk = tasks[s:s + batch]
+        eps += rollout(model, tokenizer, prompter, suite, chunk, 1,
                        Sampling(temperature=temperature, max_new_tokens=max_new_tokens), generator=g, traj_base=s,
-                       max_steps=max_steps)[1]
+                       max_steps=max_steps, skills=[skill_of(t) for t in chunk] if skill_of else None)[1]
     by_type = {}
     for e in eps:
         by_type.setdefault(e.task_type, []).append(e.won)

@@ -52,8 +52,12 @@ def get_args(argv=None):
     g.add_argument("--device", default="cpu", help="torch device")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="policy dtype")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    g.add_argument("--amp", action="store_true",
+                   help="bfloat16 autocast for generation and training forwards (float32 weights and optimizer)")
     g = p.add_argument_group("rollout")
     g.add_argument("--iters", type=int, default=40, help="RL iterations")
+    g.add_argument("--max-rl-minutes", type=float, default=0,
+                   help="also stop once rollouts + updates (evaluation excluded) took this long (0 = no limit)")
     g.add_argument("--groups", type=int, default=8, help="task groups per iteration (G)")
     g.add_argument("--group-size", type=int, default=8, help="rollouts per task group (N)")
     g.add_argument("--history", type=int, default=2, help="past (observation, action) pairs in the prompt")
@@ -62,10 +66,13 @@ def get_args(argv=None):
     g.add_argument("--max-new-tokens", type=int, default=0, help="response cap (0 = 32 action-only, 512 with --think)")
     g.add_argument("--max-prompt-tokens", type=int, default=4096, help="longer prompts are an error")
     g.add_argument("--room-size", default="small", help="household room size: small | alfworld")
+    g.add_argument("--train-tasks", type=int, default=0,
+                   help="size of the training task pool (0 = the whole train split; small = an overfitting check)")
     g.add_argument("--max-steps", type=int, default=0,
-                   help="episode step cap, training and evaluation (0 = the env's own: 50 household, 15 shop)")
+                   help="episode step cap in training rollouts (0 = the env's own: 50 household, 15 shop)")
     g = p.add_argument_group("GiGPO / PPO")
     g.add_argument("--lr", type=float, default=0.0, help="AdamW learning rate (0 = 2e-4 embedded policy, 1e-6 with --model)")
+    g.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up over this many optimizer steps")
     g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
     g.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip")
     g.add_argument("--updates", type=int, default=4, help="optimizer steps per iteration (mini-batches, one epoch)")
@@ -80,11 +87,15 @@ def get_args(argv=None):
     g.add_argument("--dual-clip", type=float, default=3.0, help="dual-clip bound for negative advantages")
     g.add_argument("--entropy-coef", type=float, default=0.001, help="entropy bonus")
     g.add_argument("--kl-coef", type=float, default=0.01, help="k3 KL to the initial policy (0 = no reference model)")
+    g.add_argument("--keep-uniform-groups", action="store_true",
+                   help="also train on groups whose rollouts all scored the same (zero advantage: only the entropy "
+                        "and KL terms act on them); by default they are left out, as DAPO's dynamic sampling does")
     g.add_argument("--recompute-old-logp", action="store_true", help="recompute old log-probs with the training forward")
     g = p.add_argument_group("evaluation and checkpoints")
     g.add_argument("--eval-every", type=int, default=10, help="evaluate every k iterations (0 = only at the end)")
     g.add_argument("--eval-tasks", type=int, default=100, help="held-out tasks per split for periodic evaluation")
     g.add_argument("--final-eval-tasks", type=int, default=300, help="held-out tasks per split at the end")
+    g.add_argument("--eval-max-steps", type=int, default=0, help="episode step cap in evaluation (0 = the env's own)")
     g.add_argument("--eval-temperature", type=float, default=0.4, help="sampling temperature for evaluation")
     g.add_argument("--save-every", type=int, default=10, help="checkpoint every k iterations")
     g.add_argument("--bootstrap-demos", type=int, default=0, help="expert episodes for the embedded policy (0 = its default)")
@@ -131,6 +142,10 @@ def micro_batches(idx, lengths, budget):
     return out + [cur] if cur else out
 
 
+def amp(a):
+    return torch.autocast(a.device.split(":")[0], dtype=torch.bfloat16, enabled=a.amp)
+
+
 def train_step(policy, ref, opt, steps, adv, a, rng):
     """One epoch of PPO over the step samples in a.updates mini-batches. Returns mean metrics."""
     order = list(range(len(steps)))
@@ -145,18 +160,19 @@ def train_step(policy, ref, opt, steps, adv, a, rng):
         opt.zero_grad(set_to_none=True)
         for chunk in micro_batches(mb, lengths, a.micro_tokens):
             prompts, resps = [steps[i].prompt for i in chunk], [steps[i].response for i in chunk]
-            logp, ent = M.score(policy, prompts, resps)
+            with amp(a):
+                logp, ent = M.score(policy, prompts, resps)
             mask = torch.zeros_like(logp)
             old = torch.zeros_like(logp)
             for k, i in enumerate(chunk):
                 mask[k, :len(resps[k])] = 1
                 old[k, :len(resps[k])] = torch.tensor(steps[i].logprobs)
             if a.recompute_old_logp:  # (on-policy: the first mini-batch's ratio is exactly 1 then)
-                with torch.no_grad():
+                with torch.no_grad(), amp(a):
                     old = M.score(policy, prompts, resps)[0]
             ref_logp = None
             if ref is not None:
-                with torch.no_grad():
+                with torch.no_grad(), amp(a):
                     ref_logp = M.score(ref, prompts, resps)[0]
             loss, m = gigpo.policy_loss(logp, old, adv[chunk].to(logp.device), mask, ref_logp=ref_logp, entropy=ent,
                                         clip_low=a.clip, clip_high=a.clip, dual_clip=a.dual_clip,
@@ -168,6 +184,9 @@ def train_step(policy, ref, opt, steps, adv, a, rng):
                     metrics[k] = metrics.get(k, 0.0) + v * w / a.updates
         gn = torch.nn.utils.clip_grad_norm_(policy.parameters(), a.grad_clip)
         metrics["grad_norm"] = metrics.get("grad_norm", 0.0) + float(gn) / a.updates
+        n_steps = opt.state[opt.param_groups[0]["params"][0]].get("step", 0)  # survives --resume
+        for group in opt.param_groups:
+            group["lr"] = a.lr * min(1.0, (float(n_steps) + 1) / a.warmup) if a.warmup else a.lr
         opt.step()
     return metrics
 
@@ -207,13 +226,14 @@ def main(argv=None):
     policy = M.load(ckpt if a.resume else init_path, device=a.device, dtype=dtype)
     ref = M.load(init_path, device=a.device, dtype=dtype).eval() if a.kl_coef > 0 else None
     opt = torch.optim.AdamW(policy.parameters(), lr=a.lr, weight_decay=a.weight_decay, betas=(0.9, 0.999))
-    start = 0
+    start, rl_clock = 0, 0.0  # rl_clock: wall clock of rollouts + updates, evaluation excluded
     if a.resume:
         opt.load_state_dict(torch.load(os.path.join(ckpt, "optimizer.pt")))
-        start = json.load(open(os.path.join(ckpt, "state.json")))["iter"]
+        state = json.load(open(os.path.join(ckpt, "state.json")))
+        start, rl_clock = state["iter"], state.get("rl_s", 0.0)
         print(f"resumed from {ckpt} at iteration {start}", flush=True)
 
-    train = envs.make(a.env, "train", seed=a.seed, **env_kw)
+    train = envs.make(a.env, "train", seed=a.seed, **({"n_tasks": a.train_tasks} if a.train_tasks else {}), **env_kw)
     prompter = R.Prompter(tok, train.description, history=a.history, think=a.think, max_prompt_tokens=a.max_prompt_tokens)
     eval_suites = {s: envs.make(a.env, s, n_tasks=a.final_eval_tasks, seed=a.seed, **env_kw)
                    for s in ("eval_seen", "eval_unseen")}
@@ -221,10 +241,11 @@ def main(argv=None):
     sampling = R.Sampling(temperature=a.temperature, max_new_tokens=a.max_new_tokens)
 
     def run_eval(it, n):
-        row = {"iter": it, "eval": True}
+        row = {"iter": it, "eval": True, "rl_s": rl_clock}
         for s, suite in eval_suites.items():
-            r = R.evaluate(policy, tok, prompter, suite, suite.tasks[:n], temperature=a.eval_temperature,
-                           seed=a.seed, max_new_tokens=a.max_new_tokens, max_steps=a.max_steps)
+            with amp(a):
+                r = R.evaluate(policy, tok, prompter, suite, suite.tasks[:n], temperature=a.eval_temperature,
+                               seed=a.seed, max_new_tokens=a.max_new_tokens, max_steps=a.eval_max_steps)
             row[s] = r
         log_jsonl(metrics_path, row)
         print(f"eval @ {it}: " + "  ".join(f"{s} success {row[s]['success']:.3f} score {row[s]['score']:.3f}"
@@ -233,39 +254,53 @@ def main(argv=None):
 
     if start == 0:
         run_eval(0, a.eval_tasks)
+    done_iters = start
     for it in range(start, a.iters):
         t0 = time.time()
         rng = random.Random(a.seed * 1_000_003 + it)
         tasks = rng.sample(train.tasks, a.groups)
         gen = torch.Generator(device=a.device).manual_seed(a.seed * 1_000_003 + it)
         policy.eval()
-        steps, eps, st = R.rollout(policy, tok, prompter, train, tasks, a.group_size, sampling, generator=gen,
-                                   max_steps=a.max_steps)
+        with amp(a):
+            steps, eps, st = R.rollout(policy, tok, prompter, train, tasks, a.group_size, sampling, generator=gen,
+                                       max_steps=a.max_steps)
         t_roll = time.time() - t0
         adv = gigpo.gigpo_advantages(torch.tensor([s.reward for s in steps]), torch.tensor([s.valid for s in steps]),
                                      torch.tensor([s.group for s in steps]), torch.tensor([s.traj for s in steps]),
                                      torch.tensor([s.step for s in steps]), [s.anchor for s in steps],
                                      gamma=a.gamma, invalid_penalty=a.invalid_penalty, omega=a.omega, norm=a.norm,
                                      episode_stats=a.episode_stats)["adv"]
+        by_group = {}
+        for e in eps:
+            by_group.setdefault(e.group, set()).add(round(e.score, 6))
+        mixed = {gid for gid, v in by_group.items() if len(v) > 1}
+        keep = [k for k, s in enumerate(steps) if a.keep_uniform_groups or s.group in mixed]
         policy.train()
         t1 = time.time()
-        m = train_step(policy, ref, opt, steps, adv, a, rng)
+        m = train_step(policy, ref, opt, [steps[k] for k in keep], adv[keep], a, rng) if keep else {}
         t_train = time.time() - t1
-        n_tok = sum(len(s.prompt) + len(s.response) for s in steps)
+        n_tok = sum(len(steps[k].prompt) + len(steps[k].response) for k in keep)
         row = dict(iter=it + 1, success=sum(e.won for e in eps) / len(eps), score=sum(e.score for e in eps) / len(eps),
                    reward=sum(s.reward for s in steps) / len(eps), valid=sum(s.valid for s in steps) / len(steps),
-                   ep_len=sum(e.steps for e in eps) / len(eps), samples=len(steps), rollout_s=t_roll,
+                   ep_len=sum(e.steps for e in eps) / len(eps), samples=len(steps), trained_samples=len(keep),
+                   mixed_groups=len(mixed) / len(by_group), rollout_s=t_roll,
                    gen_s=st["gen_s"], env_s=st["env_s"], train_s=t_train, train_tok_s=n_tok / max(t_train, 1e-9),
                    gen_tok_s=st["gen_tokens"] / max(st["gen_s"], 1e-9), iter_s=time.time() - t0, **m)
+        rl_clock, done_iters = rl_clock + row["iter_s"], it + 1
+        row["rl_s"] = rl_clock
         log_jsonl(metrics_path, row)
         print(f"it {it + 1:4d} | success {row['success']:.3f} | reward {row['reward']:.2f} | valid {row['valid']:.3f} | "
-              f"len {row['ep_len']:.1f} | kl {m.get('kl', 0):.4f} | gen {st['gen_s']:.1f}s env {st['env_s']:.1f}s "
-              f"train {t_train:.1f}s ({row['train_tok_s']:.0f} tok/s) | {row['iter_s']:.1f}s", flush=True)
+              f"len {row['ep_len']:.1f} | mixed {row['mixed_groups']:.2f} | kl {m.get('kl', 0):.4f} | gen {st['gen_s']:.1f}s env {st['env_s']:.1f}s "
+              f"train {t_train:.1f}s ({row['train_tok_s']:.0f} tok/s) | {row['iter_s']:.1f}s (RL {rl_clock / 60:.1f} min)", flush=True)
         if a.eval_every and (it + 1) % a.eval_every == 0 and it + 1 < a.iters:
             run_eval(it + 1, a.eval_tasks)
-        if (it + 1) % a.save_every == 0 or it + 1 == a.iters:
-            save_checkpoint(a.out, policy, opt, {"iter": it + 1})
-    final = run_eval(a.iters, a.final_eval_tasks)
+        out_of_time = a.max_rl_minutes and rl_clock >= 60 * a.max_rl_minutes
+        if (it + 1) % a.save_every == 0 or it + 1 == a.iters or out_of_time:
+            save_checkpoint(a.out, policy, opt, {"iter": it + 1, "rl_s": rl_clock})
+        if out_of_time:
+            print(f"stopping after {it + 1} iterations: --max-rl-minutes {a.max_rl_minutes} reached", flush=True)
+            break
+    final = run_eval(done_iters, a.final_eval_tasks)
     with open(os.path.join(a.out, "final.json"), "w") as f:
         json.dump(final, f, indent=2)
     return final

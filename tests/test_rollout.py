@@ -147,11 +147,13 @@ def test_train_runs_checkpoints_and_resumes(policy_dir, tmp_path):
     out = str(tmp_path / "run")
     flags = ["--model", policy_dir, "--out", out, "--groups", "2", "--group-size", "2", "--eval-tasks", "2",
              "--final-eval-tasks", "2", "--eval-every", "1", "--save-every", "1", "--max-new-tokens", "10",
-             "--lr", "1e-3"]
+             "--lr", "1e-3", "--max-steps", "4", "--keep-uniform-groups", "--warmup", "2",
+             "--eval-max-steps", "4"]
     train.main(flags + ["--iters", "1"])
     rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
     assert [r["iter"] for r in rows if not r.get("eval")] == [1]
-    assert all(k in rows[1] for k in ("success", "kl", "pg_loss", "train_s", "gen_s"))
+    assert all(k in rows[1] for k in ("success", "kl", "pg_loss", "train_s", "gen_s", "rl_s", "mixed_groups"))
+    assert rows[1]["trained_samples"] == rows[1]["samples"] > 0
     import transformers
     transformers.AutoModelForCausalLM.from_pretrained(os.path.join(out, "ckpt"))
     before = M.load(policy_dir).state_dict()
@@ -165,4 +167,17 @@ def test_train_runs_checkpoints_and_resumes(policy_dir, tmp_path):
     train.main(flags + ["--iters", "2", "--resume"])
     rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
     assert [r["iter"] for r in rows if not r.get("eval")] == [1, 2]
-    assert json.load(open(os.path.join(out, "ckpt", "state.json")))["iter"] == 2
+    state = json.load(open(os.path.join(out, "ckpt", "state.json")))
+    assert state["iter"] == 2 and state["rl_s"] >= rows[1]["rl_s"] > 0
+
+
+def test_train_stops_at_rl_time_budget(policy_dir, tmp_path):
+    """--max-rl-minutes ends the run after the iteration that crosses it, checkpoints, and still evaluates."""
+    import train
+    out = str(tmp_path / "run")
+    final = train.main(["--model", policy_dir, "--out", out, "--groups", "1", "--group-size", "2", "--iters", "5",
+                        "--max-steps", "2", "--eval-max-steps", "2", "--eval-tasks", "1", "--final-eval-tasks", "1",
+                        "--max-new-tokens", "6", "--max-rl-minutes", "1e-6"])
+    rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+    assert [r["iter"] for r in rows if not r.get("eval")] == [1] and final["iter"] == 1
+    assert json.load(open(os.path.join(out, "ckpt", "state.json")))["iter"] == 1
