@@ -27,15 +27,20 @@ def tok(policy_dir):
 
 
 def test_embedded_tokenizer_survives_autotokenizer(tmp_path):
-    """The embedded tokenizer gives the same ids in memory and when AutoTokenizer loads it beside a qwen2
-    config.json (transformers 5 then rebuilds it as Qwen2Tokenizer with Qwen2's pre-tokenization)."""
+    """The embedded tokenizer gives the same ids in memory and when AutoTokenizer loads it beside the embedded
+    policy's config.json; numbered entities are single tokens. Beside a qwen2 config.json transformers 5 would
+    rebuild it as Qwen2Tokenizer with Qwen2's digit-by-digit pre-tokenization (why the policy is a llama)."""
     texts = ["You arrive at countertop 1. On the countertop 1, you see a knife 12.", "<action>go to desk 1</action>"]
     tok = bootstrap.train_tokenizer(texts * 20, 300, str(tmp_path))
-    json.dump(M.config_dict(), open(tmp_path / "config.json", "w"))
+    assert tok.tokenize(" countertop 1") == [tok.tokenize(" countertop 1")[0]]
+    json.dump(M.config_dict(bootstrap.ARCH), open(tmp_path / "config.json", "w"))
     loaded = AutoTokenizer.from_pretrained(str(tmp_path))
     for t in texts + ["go to cabinet 10 ünï 冰箱 \n\n  x", ""]:
         assert tok(t, add_special_tokens=False)["input_ids"] == loaded(t, add_special_tokens=False)["input_ids"]
         assert loaded.decode(loaded(t, add_special_tokens=False)["input_ids"]) == t
+    json.dump(M.config_dict("qwen2"), open(tmp_path / "config.json", "w"))
+    qwen = AutoTokenizer.from_pretrained(str(tmp_path))
+    assert qwen(texts[0])["input_ids"] != tok(texts[0])["input_ids"]
 
 
 @pytest.mark.parametrize("script", ["train.py", "bootstrap.py", "bench.py", "bench_envs.py"])
