@@ -8,20 +8,29 @@ instruct pre-training a real LLM brings:
 
 1. demonstrations: the env's scripted expert plays train tasks; for the
    household the *observable* expert, which searches receptacles it has not
-   seen instead of walking to hidden objects, so its choices can be imitated
-   from the text alone. Each step is one (prompt, "<action>a</action>") pair,
-   the prompt built by rollout.Prompter exactly as in RL;
-2. a byte-level BPE tokenizer trained on those prompts with the `tokenizers`
-   library, saved in HF format with a ChatML chat template (AutoTokenizer
-   loads it);
-3. a tiny Qwen2-architecture model (model.py), randomly initialised;
-4. supervised learning on the demonstrations (loss on action tokens only),
-   deliberately short so that held-out success leaves room for RL.
+   seen (in admissible-list order) instead of walking to hidden objects, so its
+   choices can be imitated from the text. 25% of steps are random actions (not
+   trained on) so that off-path states and recoveries appear. Each step is one
+   (prompt, "<action>a</action>") pair, the prompt built by rollout.Prompter
+   exactly as in RL;
+2. skills (household): 40% of episodes carry a correct skill block (SPEC 2's
+   three fields, phrasings drawn at random); half of those use a target-first
+   variant that the expert then follows, so the block must be read to act
+   right. Plain episodes of the rare task types (heat, cool) are mostly left
+   out: the plain policy lacks procedures that skills supply. Mining examples
+   (a trajectory in mine.py's mining prompt -> the three-line skill) teach the
+   policy to write skills;
+3. a byte-level BPE tokenizer trained on that text with the `tokenizers`
+   library, saved in HF format with a ChatML chat template; numbered entities
+   ("countertop 1") are single tokens (see ENTITY_SPLIT);
+4. a tiny decoder (llama model type: Qwen2 without q/k/v biases, ~1M
+   parameters), randomly initialised, trained with the language-model loss on
+   prompt and answer tokens, Muon on the hidden matrices and AdamW elsewhere.
 
 Everything is deterministic in --seed and cached: `build(...)` returns the
 checkpoint directory (model + tokenizer), rebuilt only if the settings change.
 
-    python bootstrap.py --out runs/policy          # build and evaluate it alone
+    python bootstrap.py --out runs/policy --skills   # build, evaluate, measure skill following
 """
 
 import argparse
@@ -45,7 +54,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 DEFAULTS = dict(env="household", seed=0, demos=600, noise=0.25, vocab=4096, hidden=128, layers=4, heads=4, kv_heads=2,
-                intermediate=384, copy_steps=0, sft_steps=600, optimizer="muon", batch=16, lr=3e-3, prompt_loss=1.0, history=2, room_size="small", amp=1,
+                intermediate=384, sft_steps=600, optimizer="muon", batch=16, lr=3e-3, prompt_loss=1.0, history=2, room_size="small", amp=1,
                 skill_frac=0.4, rare="heat,cool", rare_plain=0.1, mine_frac=0.2)
 
 
@@ -258,24 +267,6 @@ def lm_step(policy, opt, seqs, weights, amp):
     return loss.item()
 
 
-def copy_batch(rng, words, n, sep, comma):
-    """n synthetic list-copying sequences: 4-12 entries of 2-5 random tokens (distinct first tokens), then `sep`
-    and 4 queries that each repeat an entry; the weights mark the tokens only copying can predict."""
-    seqs, weights = [], []
-    for _ in range(n):
-        firsts = rng.sample(words, rng.randint(4, 12))
-        entries = [[f] + [rng.choice(words) for _ in range(rng.randint(1, 4))] for f in firsts]
-        seq = [t for e in entries for t in e + [comma]] + [sep]
-        w = [0.0] * (len(seq) - 1)
-        for _ in range(4):
-            e = rng.choice(entries)
-            w += [0.0] + [1.0] * len(e)  # predicting e[0] is a guess; e[1:] and the comma are copies
-            seq += e + [comma]
-        seqs.append(seq)
-        weights.append(w)
-    return seqs, weights
-
-
 def build(out, quiet=False, **kw):
     """Build (or reuse) the embedded policy in `out`; returns the checkpoint directory."""
     cfg = dict(DEFAULTS, **kw)
@@ -324,13 +315,6 @@ def build(out, quiet=False, **kw):
     g = random.Random(cfg["seed"])
     amp = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(cfg["amp"]))
     policy.train()
-    words = sorted(set(i for p, _ in data for i in p) - set(tok.all_special_ids))
-    sep, comma = enc("]")[-1], enc(",")[-1]
-    for step in range(cfg["copy_steps"]):  # list copying first: the induction ability pre-training would bring
-        set_lr(opt, cfg["lr"] * min(1.0, (step + 1) / 30))
-        loss = lm_step(policy, opt, *copy_batch(g, words, 2 * cfg["batch"], sep, comma), amp)
-        if step % 50 == 0 or step == cfg["copy_steps"] - 1:
-            log(f"copy step {step:4d} loss {loss:.4f} ({time.time() - t0:.0f} s)")
     for step in range(cfg["sft_steps"]):
         set_lr(opt, cfg["lr"] * min(1.0, (step + 1) / 30) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg["sft_steps"]))))
         batch = g.sample(data, min(cfg["batch"], len(data)))
@@ -387,7 +371,6 @@ def main():
                  demos="expert episodes to imitate", noise="probability of a random (untrained) action per demo step",
                  vocab="BPE vocabulary cap", hidden="model width", layers="decoder layers", heads="attention heads",
                  kv_heads="key/value heads (GQA)", intermediate="MLP width", sft_steps="supervised steps",
-                 copy_steps="steps of synthetic list copying before the supervised steps",
                  optimizer="muon (hidden matrices; AdamW for the rest) or adamw",
                  batch="samples per supervised step", lr="peak learning rate (warm-up 30 steps, cosine to 10%%)",
                  prompt_loss="weight of the LM loss on prompt tokens (action tokens weigh 1)",

@@ -22,11 +22,11 @@ Contract
   are on CUDA and in 16-bit; torch SDPA otherwise. `model.attn_backend`
   ("auto" | "flash" | "sdpa") forces a path; one line names the path taken.
 
-Log-probability semantics: every log-prob this file returns is the policy's own
-log softmax(logits) at temperature 1.0, whatever temperature / top-k / top-p
-the sampler used. That is the quantity PPO-style ratios need (it equals the
-sampling distribution exactly when sampling at temperature 1 with no top-k/p,
-the RL default).
+Log-probability semantics: every log-prob this file returns is log
+softmax(logits / T) with T an explicit argument (default 1.0), whatever
+temperature / top-k / top-p the sampler used. RL passes its sampling
+temperature, so the log-probs are those of the policy it samples from (exactly,
+with no top-k/p), the quantity PPO ratios need; verl does the same.
 
 Departures from transformers (numerics are matched; these are scope):
 1. Unsupported options raise instead of being approximated: rope scaling of
@@ -338,13 +338,14 @@ class Transformer(nn.Module):
             self._rope = (emb.cos(), emb.sin())
         return self._rope
 
-    def forward(self, ids, ctx, out_idx=None, targets=None):
+    def forward(self, ids, ctx, out_idx=None, targets=None, temperature=1.0):
         """ids: (B, T). out_idx: flat indices into the B*T positions whose outputs are wanted.
 
         Returns the final hidden states (B, T, C) when out_idx is None; else the
         logits (N, V) at those positions; or, given targets (N,), the pair
-        (log-prob of each target, entropy) computed chunk by chunk so that at
-        most `logit_chunk` rows of full-vocabulary float32 logits exist at once.
+        (log-prob of each target, entropy) of softmax(logits / temperature),
+        computed chunk by chunk so that at most `logit_chunk` rows of
+        full-vocabulary float32 logits exist at once.
         """
         cos, sin = self.rope_tables(ids.device)
         dtype = self.model.embed_tokens.weight.dtype
@@ -363,15 +364,15 @@ class Transformer(nn.Module):
             return self.lm_head(h).float()
         lp, ent = [], []
         for s in range(0, h.shape[0], self.logit_chunk):
-            args = (h[s:s + self.logit_chunk], self.lm_head.weight, targets[s:s + self.logit_chunk])
+            args = (h[s:s + self.logit_chunk], self.lm_head.weight, targets[s:s + self.logit_chunk], temperature)
             out = checkpoint(_logprob_entropy, *args, use_reentrant=False) if torch.is_grad_enabled() else _logprob_entropy(*args)
             lp.append(out[0]), ent.append(out[1])
         return torch.cat(lp), torch.cat(ent)
 
 
-def _logprob_entropy(h, w, y):
+def _logprob_entropy(h, w, y, temperature=1.0):
     """Full-vocabulary log-softmax for a chunk of rows; keeps only two floats per row."""
-    logp = F.log_softmax(F.linear(h, w).float(), dim=-1)  # (n, V)
+    logp = F.log_softmax(F.linear(h, w).float() / temperature, dim=-1)  # (n, V)
     return logp.gather(-1, y[:, None]).squeeze(-1), -(logp.exp() * logp).sum(-1)
 
 
@@ -551,8 +552,9 @@ def fresh_context(backend, seqs, device, cache=None, rows=None):
     return ids, ctx, torch.arange(len(seqs), device=device) * ids.shape[1]
 
 
-def score(model, prompts, responses, bucket_tokens=16384):
-    """Log-probs and entropies of each response token given its prompt, with gradients.
+def score(model, prompts, responses, bucket_tokens=16384, temperature=1.0):
+    """Log-probs and entropies of each response token given its prompt, with gradients, under
+    softmax(logits / temperature) (RL trains the policy it samples from, as verl does).
 
     prompts, responses: lists of token-id lists. Returns (logp, entropy), each
     (B, R_max) float32, zero beyond each response's length. Only positions that
@@ -580,7 +582,7 @@ def score(model, prompts, responses, bucket_tokens=16384):
         col = torch.arange(int(n_resp.sum()), device=dev) - F.pad(n_resp.cumsum(0), (1, 0))[:-1][seq]  # (N,)
         first = torch.as_tensor([len(prompts[i]) for i in g], device=dev)
         idx = starts[seq] + first[seq] + col - 1
-        lp, h = model(ids, ctx, out_idx=idx, targets=ids.flatten()[idx + 1])
+        lp, h = model(ids, ctx, out_idx=idx, targets=ids.flatten()[idx + 1], temperature=temperature)
         rows = torch.as_tensor(g, device=dev)[seq]
         logp, ent = logp.index_put((rows, col), lp), ent.index_put((rows, col), h)
     return logp, ent
@@ -592,7 +594,7 @@ def score(model, prompts, responses, bucket_tokens=16384):
 @dataclass
 class Generation:
     tokens: torch.Tensor  # (B, R) sampled ids, pad_id after a row stopped
-    logprobs: torch.Tensor  # (B, R) float32 log-prob of each sampled token (temperature-1 policy), 0 where masked
+    logprobs: torch.Tensor  # (B, R) float32 log-prob of each sampled token (logprob_temperature), 0 where masked
     mask: torch.Tensor  # (B, R) 1 for sampled tokens (the stop token included), 0 after
     prefill_s: float = 0.0
     decode_s: float = 0.0
@@ -624,7 +626,7 @@ def sample(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
 
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, stop_ids=(),
-             generator=None, pad_id=0, compact=True, prefill_tokens=16384):
+             generator=None, pad_id=0, compact=True, prefill_tokens=16384, logprob_temperature=1.0):
     """Sample a continuation for every prompt of a ragged batch.
 
     prompts: list of B token-id lists, each of its own length. Rows stop on any
@@ -632,7 +634,9 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
     stop token is part of its response (mask 1). Rows that finish early stop
     costing compute: when half of the live rows are done, the cache is
     compacted to the live ones. `generator` (a torch.Generator on the model's
-    device) makes sampling reproducible for a given batch.
+    device) makes sampling reproducible for a given batch. Log-probs are those of
+    softmax(logits / logprob_temperature), whatever sampler was used (RL passes
+    its sampling temperature: the policy whose ratio PPO takes).
     """
     assert len(prompts) > 0 and all(len(p) > 0 for p in prompts), "every prompt needs at least one token"
     assert max_new_tokens > 0, "max_new_tokens must be positive"
@@ -662,7 +666,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
     done = torch.zeros(B, dtype=torch.bool, device=dev)  # per cache row
     for t in range(max_new_tokens):
         nxt = sample(logits, temperature, top_k, top_p, generator)  # (b,)
-        lp = F.log_softmax(logits, dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
+        lp = F.log_softmax(logits / logprob_temperature, dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
         keep = ~done
         tokens[live[keep], t] = nxt[keep]
         logprobs[live[keep], t] = lp[keep]

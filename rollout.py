@@ -116,7 +116,7 @@ class Step:
     """One environment step = one training sample."""
     prompt: list
     response: list
-    logprobs: list  # log-prob of each response token under the sampling policy (temperature 1)
+    logprobs: list  # log-prob of each response token under the sampling policy, softmax(logits / temperature)
     reward: float
     valid: bool
     anchor: str
@@ -174,7 +174,8 @@ def rollout(model, tokenizer, prompter, suite, tasks, n, sampling, generator=Non
         prompts = [prompter(obs[i].task, t, past[i], obs[i].text, obs[i].admissible, skills[i]) for i in live]
         t0 = time.perf_counter()
         out = M.generate(model, prompts, sampling.max_new_tokens, sampling.temperature, sampling.top_k,
-                         sampling.top_p, stop_ids=stop_ids, generator=generator)
+                         sampling.top_p, stop_ids=stop_ids, generator=generator,
+                         logprob_temperature=sampling.temperature if sampling.temperature > 0 else 1.0)
         gen_s += time.perf_counter() - t0
         t0 = time.perf_counter()
         still = []

@@ -21,8 +21,10 @@ Departures from the GiGPO setup (SPEC 3), all flags:
 1. The embedded tiny policy needs a far larger learning rate than 1e-6
    (default 2e-4 without --model; 1e-6 with one).
 2. Old log-probs are the ones the sampler computed (model.generate returns the
-   temperature-1 log-prob of every sampled token); --recompute-old-logp
-   recomputes them with the training forward as verl does (worth it in bf16).
+   log-prob of every sampled token under softmax(logits / T), T the rollout
+   temperature); --recompute-old-logp recomputes them with the training
+   forward as verl does (worth it in bf16). As in verl, all log-probs (policy,
+   old, reference) and the entropy are those of the tempered policy.
 """
 
 import argparse
@@ -161,7 +163,7 @@ def train_step(policy, ref, opt, steps, adv, a, rng):
         for chunk in micro_batches(mb, lengths, a.micro_tokens):
             prompts, resps = [steps[i].prompt for i in chunk], [steps[i].response for i in chunk]
             with amp(a):
-                logp, ent = M.score(policy, prompts, resps)
+                logp, ent = M.score(policy, prompts, resps, temperature=a.temperature)
             mask = torch.zeros_like(logp)
             old = torch.zeros_like(logp)
             for k, i in enumerate(chunk):
@@ -169,11 +171,11 @@ def train_step(policy, ref, opt, steps, adv, a, rng):
                 old[k, :len(resps[k])] = torch.tensor(steps[i].logprobs)
             if a.recompute_old_logp:  # (on-policy: the first mini-batch's ratio is exactly 1 then)
                 with torch.no_grad(), amp(a):
-                    old = M.score(policy, prompts, resps)[0]
+                    old = M.score(policy, prompts, resps, temperature=a.temperature)[0]
             ref_logp = None
             if ref is not None:
                 with torch.no_grad(), amp(a):
-                    ref_logp = M.score(ref, prompts, resps)[0]
+                    ref_logp = M.score(ref, prompts, resps, temperature=a.temperature)[0]
             loss, m = gigpo.policy_loss(logp, old, adv[chunk].to(logp.device), mask, ref_logp=ref_logp, entropy=ent,
                                         clip_low=a.clip, clip_high=a.clip, dual_clip=a.dual_clip,
                                         entropy_coef=a.entropy_coef, kl_coef=a.kl_coef, total_tokens=n_tok)

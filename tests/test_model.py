@@ -211,7 +211,8 @@ def test_sampler_distribution_and_truncation():
 
 def test_generation_is_reproducible_and_stops_per_row(tmp_path):
     """The same generator seed gives the same samples; a row stops at its stop token (kept, mask 1) and is
-    padded after; rows without a stop token run to max_new_tokens; log-probs are the temperature-1 ones."""
+    padded after; rows without a stop token run to max_new_tokens; log-probs are those of softmax(logits / T)
+    for the T asked for, and score() at that T gives the same."""
     make_hf("qwen2-gqa", tmp_path)
     m = M.load(str(tmp_path), attn_backend="sdpa")
     seqs = prompts(8, seed=11)
@@ -220,6 +221,11 @@ def test_generation_is_reproducible_and_stops_per_row(tmp_path):
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.mask, b.mask)
     with torch.no_grad():
         torch.testing.assert_close(M.score(m, seqs, a.lists())[0], a.logprobs, atol=1e-5, rtol=0)
+        t = M.generate(m, seqs, 16, temperature=1.5, top_k=20, generator=torch.Generator().manual_seed(0),
+                       logprob_temperature=1.5)
+        assert torch.equal(t.tokens, a.tokens)
+        torch.testing.assert_close(M.score(m, seqs, a.lists(), temperature=1.5)[0], t.logprobs, atol=1e-5, rtol=0)
+        assert not torch.allclose(t.logprobs, a.logprobs)
     stop = a.tokens[0, 3].item()  # row 0 must stop at or before step 3
     c = M.generate(m, seqs, 16, temperature=1.5, top_k=20, stop_ids=[stop], generator=torch.Generator().manual_seed(0),
                    pad_id=-1)
