@@ -183,9 +183,12 @@ class AttnContext:
 def attention(q, k, v, layer, ctx):
     """q: (B, T, H, D); k, v: (B, T, H_kv, D), RoPE applied. Returns (B, T, H, D).
 
-    Writes k, v into ctx.cache (if any) for layer `layer`."""
+    Writes k, v into ctx.cache (if any) for layer `layer`, in the cache's dtype (under autocast v, and
+    k unless RoPE promoted it, come out of the projections in bfloat16; the cache has the weights' dtype)."""
     B, T = q.shape[:2]
     c = ctx.cache
+    if c is not None:  # (no-ops without autocast)
+        k, v = k.to(c.k.dtype), v.to(c.v.dtype)
     if ctx.extend:  # append to the cache, attend over it
         if ctx.backend == "flash":  # writes k, v in place at cache_seqlens[b]
             return flash_attn_with_kvcache(q, c.k[layer], c.v[layer], k, v, cache_seqlens=c.seqlens, causal=True)

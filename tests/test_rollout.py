@@ -177,12 +177,15 @@ def test_train_runs_checkpoints_and_resumes(policy_dir, tmp_path):
 
 
 def test_train_stops_at_rl_time_budget(policy_dir, tmp_path):
-    """--max-rl-minutes ends the run after the iteration that crosses it, checkpoints, and still evaluates."""
+    """--max-rl-minutes ends the run after the iteration that crosses it, checkpoints, and still evaluates;
+    the update also runs under --amp (bf16 autocast) at a rollout temperature below 1."""
     import train
     out = str(tmp_path / "run")
     final = train.main(["--model", policy_dir, "--out", out, "--groups", "1", "--group-size", "2", "--iters", "5",
                         "--max-steps", "2", "--eval-max-steps", "2", "--eval-tasks", "1", "--final-eval-tasks", "1",
-                        "--max-new-tokens", "6", "--max-rl-minutes", "1e-6"])
+                        "--max-new-tokens", "6", "--max-rl-minutes", "1e-6", "--amp", "--keep-uniform-groups",
+                        "--temperature", "0.7"])
     rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
     assert [r["iter"] for r in rows if not r.get("eval")] == [1] and final["iter"] == 1
+    assert rows[1]["trained_samples"] > 0 and rows[1]["n_tokens"] > 0  # the bf16-autocast update ran
     assert json.load(open(os.path.join(out, "ckpt", "state.json")))["iter"] == 1
