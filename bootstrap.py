@@ -55,7 +55,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 DEFAULTS = dict(env="household", seed=0, demos=600, noise=0.25, vocab=4096, hidden=128, layers=4, heads=4, kv_heads=2,
                 intermediate=384, sft_steps=600, optimizer="muon", batch=16, lr=3e-3, prompt_loss=1.0, history=2, room_size="small", amp=1,
-                skill_frac=0.4, rare="heat,cool", rare_plain=0.1, mine_frac=0.2)
+                skill_frac=0.4, rare="heat,cool", rare_plain=0.1, mine_frac=0.2, entity_tokens=1)
 
 
 # Reference skills (SPEC 2's three fields) per household task type: what a good miner writes. Each field has
@@ -187,17 +187,18 @@ def mining_examples(suite, n, seed):
 # matching tokens instead of copying digits across positions (which it does not learn in a 5-minute budget).
 # The model type must then be llama: transformers 5 attaches Qwen2's own digit-by-digit pre-tokenizer to any
 # tokenizer stored beside a qwen2 config.json (tested in tests/test_rollout.py).
-ENTITY_SPLIT = (r"(?: ?[a-z]+ \d+)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+WORD_SPLIT = r" ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+ENTITY_SPLIT = r"(?: ?[a-z]+ \d+)|" + WORD_SPLIT
 ARCH = "llama"  # the Qwen2 decoder without q/k/v biases (model.py reads both)
 
 
-def train_tokenizer(texts, vocab, path):
+def train_tokenizer(texts, vocab, path, split=ENTITY_SPLIT):
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
     tk = Tokenizer(models.BPE())
     tk.normalizer = normalizers.NFC()
     tk.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(ENTITY_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.Split(Regex(split), behavior="isolated", invert=False),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tk.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab, special_tokens=SPECIALS, show_progress=False,
@@ -293,7 +294,7 @@ def build(out, quiet=False, **kw):
     os.makedirs(tmp)
     corpus = ([p.replace(SKILL_MARK, s or "") for p, s, _ in triples] + [f"<action>{a}</action>" for _, _, a in triples]
               + [p + "\n" + a for p, a in mining])
-    train_tokenizer(corpus, cfg["vocab"], tmp)
+    train_tokenizer(corpus, cfg["vocab"], tmp, ENTITY_SPLIT if cfg["entity_tokens"] else WORD_SPLIT)
     with open(os.path.join(tmp, "config.json"), "w") as f:  # so AutoTokenizer resolves it as it will later
         json.dump(M.config_dict(ARCH), f)
     from transformers import AutoTokenizer
@@ -379,7 +380,8 @@ def main():
                  skill_frac="household: fraction of demo episodes with a correct skill block in the prompt",
                  rare="household: task types (heat, cool, clean, look, pick, two; comma-separated) the plain demos "
                       "mostly lack", rare_plain="household: fraction of plain demo episodes of rare types kept",
-                 mine_frac="household: mining examples (trajectory -> skill) per demo episode")
+                 mine_frac="household: mining examples (trajectory -> skill) per demo episode",
+                 entity_tokens="1 = each numbered entity ('apple 1') is one token; 0 = word and number are separate tokens")
     for k, v in DEFAULTS.items():
         p.add_argument("--" + k.replace("_", "-"), type=type(v), default=v, help=f"{helps[k]} (default {v})")
     p.add_argument("--eval-tasks", type=int, default=200, help="held-out tasks per split to evaluate the policy on")
@@ -397,7 +399,8 @@ def main():
         prompter = Prompter(tok, suite.description, history=a["history"])
         acc, by_verb = imitation_accuracy(policy, tok, prompter, suite)
         r = R.evaluate(policy, tok, prompter, suite, max_steps=cap)
-        print(f"{split}: success {r['success']:.3f} score {r['score']:.3f} by type {r['by_type']}; "
+        r1 = R.evaluate(policy, tok, prompter, suite, max_steps=cap, temperature=1.0)
+        print(f"{split}: success {r['success']:.3f} (at temperature 1.0: {r1['success']:.3f}) score {r['score']:.3f} by type {r['by_type']}; "
               f"expert-action accuracy {acc:.3f} by verb {by_verb}", flush=True)
         if skills and a["env"] == "household":
             rows = skill_following(policy, tok, prompter, suite, max_steps=cap)
