@@ -94,7 +94,8 @@ class SuccessBuffer:
             done = sorted(acts.get(e.traj, []))
             assert [t for t, _ in done] == list(range(e.steps)), \
                 f"trajectory {e.traj}: plain steps {[t for t, _ in done]} for an episode of {e.steps} steps"
-            self.add(getattr(e.task, "text", e.task), e.task_type, [a for _, a in done], iteration)
+            text = getattr(e, "task_text", "") or getattr(e.task, "text", e.task)  # a shop task has no .text
+            self.add(text, e.task_type, [a for _, a in done], iteration)
             n += 1
         return n
 

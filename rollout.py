@@ -138,6 +138,7 @@ class Episode:
     steps: int
     skill: object = None
     truncated: bool = False
+    task_text: str = ""  # the task as the agent read it (household tasks have .text, shop tasks .instruction)
 
 
 @dataclass
@@ -195,7 +196,7 @@ def rollout(model, tokenizer, prompter, suite, tasks, n, sampling, generator=Non
         live = still
     episodes = [Episode(group_base + i // n, traj_base + i, task_of[i], obs[i].task_type,
                         bool(infos[i] and infos[i]["won"]), float(infos[i]["score"]) if infos[i] else 0.0,
-                        len(past[i]), skill_ids[i], bool(infos[i] and infos[i].get("truncated")))
+                        len(past[i]), skill_ids[i], bool(infos[i] and infos[i].get("truncated")), obs[i].task)
                 for i in range(E)]
     return steps, episodes, dict(gen_s=gen_s, env_s=env_s, gen_tokens=n_tokens)
 

@@ -1,8 +1,10 @@
 """
-train.py: the RL run. GiGPO (default) or GRPO on a built-in environment.
+train.py: the RL run. SIRI (default, SPEC 2) on a GiGPO or GRPO backbone, or plain GiGPO / GRPO, on a
+built-in environment.
 
-    python train.py --algo gigpo                      # household, embedded tiny policy, CPU
-    python train.py --algo grpo --env shop --seed 1
+    python train.py                                   # SIRI on household, embedded tiny policy, CPU
+    python train.py --algo gigpo                      # the baseline: SIRI's phase 0 for the whole run
+    python train.py --backbone grpo --env shop --seed 1
     python train.py --model /path/to/Qwen2.5-1.5B-Instruct --device cuda --dtype bfloat16 --think
 
 One iteration: sample G training tasks; roll out N envs per task in lockstep
@@ -12,12 +14,37 @@ micro-batches so that the token mean is exact. Every --eval-every iterations
 the plain-prompt policy is evaluated on held-out tasks. Everything random is
 derived from (--seed, iteration), so a resumed run continues exactly.
 
-Output directory (--out): metrics.jsonl (one line per iteration and per
-evaluation), ckpt/ (the policy in HF format + optimizer + state, swapped in
-atomically so a crash never leaves a half-written checkpoint), policy/ (the
-embedded bootstrap policy when no --model is given), args.json.
+SIRI's three phases (`phase_of`; fractions of --iters, not wall clock: a run
+cut short by --max-rl-minutes may end before phase 2):
+  0  warm-up: plain GiGPO, exactly the --algo gigpo loop. Won plain episodes go
+     into the success buffer (mine.py). Phase 1 starts adaptively at the first
+     iteration >= --phase1-min-frac x iters whose buffer holds >= --n-req wins.
+  1  mining and utilization: at phase 1's first iteration and every
+     --mine-every after, the current weights (no gradient; or --miner) turn
+     buffered trajectories into skills for the bank. Each group retrieves at
+     most one skill; the second half of its N rollouts get the skill block in
+     the prompt (paired validation), and delta_g = mean score with - without
+     drives the skill's lifecycle. The base loss trains on all N rollouts, each
+     under the context it was sampled with (Step.prompt holds it).
+  2  internalization, the last --phase2-frac x iters (the paper's 20 of 150):
+     phase 1 plus lambda(k) x L_int (distill.py) on the skill samples of groups
+     with delta_g > 0, token weights clip(A, 0, --adv-cap), in the same
+     mini-batches and backward passes as the base loss. Phase 2 starts on time:
+     if the buffer never reached N_req, phase 1 is skipped (logged).
+Evaluation uses the plain prompt only: no bank, no retrieval.
 
-Departures from the GiGPO setup (SPEC 3), all flags:
+Output directory (--out): metrics.jsonl (one line per iteration, per
+evaluation and per event: "phase" switches, "skill" lifecycle moves), ckpt/
+(the policy in HF format + optimizer + state.json, with SIRI also bank.json
+and buffer.json; swapped in atomically so a crash never leaves a half-written
+checkpoint), bank.md (the skill bank, readable), policy/ (the embedded
+bootstrap policy when no --model is given), args.json, final.json. SIRI's
+iteration lines add: phase; mined / dropped (this iteration) and skills_mined
+(cumulative); active / candidate / retired; skill_groups and delta_g (mean over
+the groups with a skill); gate_frac (response tokens passing the gates),
+distill_loss (L_int per mini-batch, before lambda) and lambda in phase 2.
+
+Departures from the GiGPO setup (SPEC 3) and SIRI's unpublished choices, all flags:
 1. The embedded tiny policy needs a far larger learning rate than 1e-6
    (default 2e-4 without --model; 1e-6 with one).
 2. Old log-probs are the ones the sampler computed (model.generate returns the
@@ -25,6 +52,18 @@ Departures from the GiGPO setup (SPEC 3), all flags:
    temperature); --recompute-old-logp recomputes them with the training
    forward as verl does (worth it in bf16). As in verl, all log-probs (policy,
    old, reference) and the entropy are those of the tempered policy.
+3. Phase boundaries: the paper runs ~30 / 100 / 20 of 150 iterations. Ours:
+   phase 1 once the buffer holds N_req = 2 x groups wins, not before 10% of
+   the run; phase 2 the final 13.3%, fixed (the last 5 of the default 40
+   iterations). Mining goes on in phase 2 too.
+4. Mining: every 5 iterations, G buffered trajectories (mine.py's sampling),
+   greedy. Bank: N_eval 3, thresholds 0, 3 skills per key, exploration 0.5
+   (mine.py's decisions). Retrieval uses the iteration's random stream.
+5. The teacher is the current weights at each micro-batch (distill.py), and
+   L_int's normaliser is the gate-weight sum of the mini-batch, so micro-batch
+   losses add up exactly. lambda_max 1.0, ramp 5, c 1.0 (distill.py). The
+   distillation forwards (B, R, V) come on top of --micro-tokens: at a 152k
+   vocabulary lower --micro-tokens in phase 2.
 """
 
 import argparse
@@ -33,11 +72,14 @@ import os
 import random
 import shutil
 import time
+from dataclasses import asdict
 
 import torch
 
+import distill as D
 import envs
 import gigpo
+import mine
 import model as M
 import rollout as R
 
@@ -46,7 +88,10 @@ def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("run")
     g.add_argument("--env", default="household", choices=sorted(envs.REGISTRY), help="built-in environment")
-    g.add_argument("--algo", default="gigpo", choices=["gigpo", "grpo"], help="base optimizer (grpo = gigpo with omega 0)")
+    g.add_argument("--algo", default="siri", choices=["siri", "gigpo", "grpo"],
+                   help="siri (three phases on --backbone), or plain gigpo / grpo (grpo = gigpo with omega 0)")
+    g.add_argument("--backbone", default="gigpo", choices=["gigpo", "grpo"],
+                   help="SIRI's base optimizer (grpo = gigpo with omega 0); not used by plain gigpo / grpo runs")
     g.add_argument("--model", default="", help="HF checkpoint dir (model + tokenizer); empty = build the embedded tiny policy")
     g.add_argument("--seed", type=int, default=0, help="seed for tasks, sampling, bootstrap and init")
     g.add_argument("--out", default="runs/default", help="output directory (metrics.jsonl, ckpt/, policy/)")
@@ -59,7 +104,8 @@ def get_args(argv=None):
     g = p.add_argument_group("rollout")
     g.add_argument("--iters", type=int, default=40, help="RL iterations")
     g.add_argument("--max-rl-minutes", type=float, default=0,
-                   help="also stop once rollouts + updates (evaluation excluded) took this long (0 = no limit)")
+                   help="also stop once rollouts + updates (evaluation excluded) took this long (0 = no limit); "
+                        "SIRI's phases are fractions of --iters, so such a run may stop before phase 2")
     g.add_argument("--groups", type=int, default=8, help="task groups per iteration (G)")
     g.add_argument("--group-size", type=int, default=8, help="rollouts per task group (N)")
     g.add_argument("--history", type=int, default=2, help="past (observation, action) pairs in the prompt")
@@ -93,6 +139,29 @@ def get_args(argv=None):
                    help="also train on groups whose rollouts all scored the same (zero advantage: only the entropy "
                         "and KL terms act on them); by default they are left out, as DAPO's dynamic sampling does")
     g.add_argument("--recompute-old-logp", action="store_true", help="recompute old log-probs with the training forward")
+    g = p.add_argument_group("SIRI (--algo siri)")
+    g.add_argument("--phase1-min-frac", type=float, default=0.1,
+                   help="minimum fraction of --iters spent in phase 0 before phase 1 may start")
+    g.add_argument("--n-req", type=int, default=0,
+                   help="success-buffer size that triggers phase 1 (N_req; 0 = 2 x --groups)")
+    g.add_argument("--phase2-frac", type=float, default=0.133,
+                   help="final fraction of --iters in phase 2, internalization (the paper's 20 of 150); "
+                        "--max-rl-minutes may stop a run before it")
+    g.add_argument("--mine-every", type=int, default=5, help="mine skills every k iterations of phases 1-2 (I_mine)")
+    g.add_argument("--mine-count", type=int, default=0, help="buffered trajectories mined per round (0 = --groups)")
+    g.add_argument("--miner", default="",
+                   help="another local checkpoint (model + tokenizer) to mine with; empty = the policy itself")
+    g.add_argument("--n-eval", type=int, default=3, help="uses before a skill's lifecycle decision (N_eval)")
+    g.add_argument("--activate", type=float, default=0.0, help="a candidate with mean delta_g above this turns active")
+    g.add_argument("--retire", type=float, default=0.0, help="a skill with mean delta_g below this is retired")
+    g.add_argument("--bank-capacity", type=int, default=3, help="non-retired skills per key (lowest utility evicted)")
+    g.add_argument("--p-explore", type=float, default=0.5,
+                   help="probability of trying an untested candidate when the key has an active skill")
+    g.add_argument("--distill", default="kl", choices=["kl", "nll"],
+                   help="L_int: full-vocabulary KL(teacher || student), or NLL of the sampled token (no teacher)")
+    g.add_argument("--lambda-max", type=float, default=1.0, help="L_int coefficient after the ramp")
+    g.add_argument("--lambda-ramp", type=int, default=5, help="phase-2 iterations over which lambda ramps up to max")
+    g.add_argument("--adv-cap", type=float, default=1.0, help="distillation token weight clip(A, 0, cap)")
     g = p.add_argument_group("evaluation and checkpoints")
     g.add_argument("--eval-every", type=int, default=10, help="evaluate every k iterations (0 = only at the end)")
     g.add_argument("--eval-tasks", type=int, default=100, help="held-out tasks per split for periodic evaluation")
@@ -102,8 +171,14 @@ def get_args(argv=None):
     g.add_argument("--save-every", type=int, default=10, help="checkpoint every k iterations")
     g.add_argument("--bootstrap-demos", type=int, default=0, help="expert episodes for the embedded policy (0 = its default)")
     a = p.parse_args(argv)
-    if a.algo == "grpo":
+    if a.algo == "grpo" or (a.algo == "siri" and a.backbone == "grpo"):
         a.omega = 0.0
+    if a.algo == "siri" and (a.group_size < 2 or a.group_size % 2):
+        p.error(f"--algo siri splits each group in half (paired validation): --group-size {a.group_size} must be even")
+    if not (0 <= a.phase1_min_frac <= 1 and 0 <= a.phase2_frac <= 1 and a.mine_every >= 1):
+        p.error("--phase1-min-frac and --phase2-frac must lie in [0, 1], --mine-every >= 1")
+    a.n_req = a.n_req or 2 * a.groups
+    a.mine_count = a.mine_count or a.groups
     a.lr = a.lr or (1e-6 if a.model else 2e-4)
     a.max_new_tokens = a.max_new_tokens or (512 if a.think else 32)
     return a
@@ -118,19 +193,64 @@ def log_jsonl(path, row):
         os.fsync(f.fileno())
 
 
-def save_checkpoint(out, policy, opt, state):
-    """Write ckpt.tmp fully, then swap it in: a crash leaves either the old or the new checkpoint."""
+def save_checkpoint(out, policy, opt, state, write_extra=None):
+    """Write ckpt.tmp fully, then swap it in: a crash leaves either the old or the new checkpoint.
+    write_extra(dir), if given, writes more files (SIRI's bank and buffer) into it before the swap."""
     tmp, final, old = (os.path.join(out, d) for d in ("ckpt.tmp", "ckpt", "ckpt.old"))
     shutil.rmtree(tmp, ignore_errors=True)
     M.save(policy, tmp)
     torch.save(opt.state_dict(), os.path.join(tmp, "optimizer.pt"))
     with open(os.path.join(tmp, "state.json"), "w") as f:
         json.dump(state, f)
+    if write_extra:
+        write_extra(tmp)
     if os.path.exists(final):
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
 
+
+def save_buffer(buf, path):
+    with open(path, "w") as f:
+        json.dump(dict(capacity=buf.capacity, n_added=buf.n_added, items=[asdict(s) for s in buf.items]), f)
+
+
+def load_buffer(path):
+    with open(path) as f:
+        d = json.load(f)
+    buf = mine.SuccessBuffer(d["capacity"])
+    buf.n_added, buf.items = d["n_added"], [mine.Success(**x) for x in d["items"]]
+    return buf
+
+
+# -----------------------------------------------------------------------------
+# SIRI's phase schedule
+
+def phase2_start(iters, phase2_frac):
+    """First iteration (0-based) of phase 2: the last round(phase2_frac * iters) iterations."""
+    return iters - round(phase2_frac * iters)
+
+
+def phase_of(it, prev, n_success, iters, n_req, min_frac, phase2_frac):
+    """SIRI's phase of iteration `it` (0-based), given the phase of the iteration before (0 at the start) and the
+    success buffer's size now. Phase 2 comes on time whatever happened before (phase 1 skipped if it never
+    started); phase 1 comes adaptively, at the first iteration >= min_frac * iters with >= n_req successes; no
+    phase is ever left for an earlier one."""
+    if it >= phase2_start(iters, phase2_frac):
+        return 2
+    if prev >= 1 or (n_success >= n_req and it >= min_frac * iters):
+        return 1
+    return 0
+
+
+def describe(suite, task):
+    """(task type, task text) as the env's observation gives them (household and shop tasks differ in fields)."""
+    o = suite.new_env().reset(task)
+    return o.task_type, o.task
+
+
+# -----------------------------------------------------------------------------
+# the update: PPO (+ phase 2's internalization loss)
 
 def micro_batches(idx, lengths, budget):
     """Split sample indices into consecutive chunks of at most `budget` tokens (at least one sample each)."""
@@ -148,17 +268,48 @@ def amp(a):
     return torch.autocast(a.device.split(":")[0], dtype=torch.bfloat16, enabled=a.amp)
 
 
-def train_step(policy, ref, opt, steps, adv, a, rng):
-    """One epoch of PPO over the step samples in a.updates mini-batches. Returns mean metrics."""
+def internalization_loss(policy, steps, w, blocks, total_weight, a):
+    """L_int (distill.py) on skill samples: teacher = their prompts (skill block in, no gradient), student = the
+    same prompts with exactly the block removed; both score the responses sampled under the skill.
+    w (B, R') gate weights (R' >= the longest response); blocks: skill id -> the block's token ids."""
+    resps = [s.response for s in steps]
+    student = [D.strip_skill(s.prompt, blocks[s.skill]) for s in steps]
+    w = w[:, :max(1, max(map(len, resps)))]  # (B, R) as the log-probs below
+    with amp(a):
+        if a.distill == "kl":
+            with torch.no_grad():
+                teacher = D.vocab_logprobs(policy, [s.prompt for s in steps], resps, a.temperature)  # (B, R, V)
+            stud = D.vocab_logprobs(policy, student, resps, a.temperature)  # (B, R, V)
+        else:  # nll: the sampled token under the student context, no teacher forward
+            teacher, stud = None, M.score(policy, student, resps, temperature=a.temperature)[0]  # (B, R)
+    return D.distill_loss(stud, teacher, w.to(stud.device), kind=a.distill, total_weight=total_weight)
+
+
+def train_step(policy, ref, opt, steps, adv, a, rng, delta=None, blocks=None, lam=0.0):
+    """One epoch of PPO over the step samples in a.updates mini-batches. Returns mean metrics.
+    Phase 2 (lam > 0): each mini-batch also gets lam * L_int on its samples that pass the gates (delta: per
+    sample, delta_g of its group or None without a skill; blocks: skill id -> block ids), micro-batch by
+    micro-batch into the same gradient before the mini-batch's optimizer step; L_int is normalised by the
+    mini-batch's gate-weight sum, so the micro-batch pieces add up to it exactly."""
     order = list(range(len(steps)))
     rng.shuffle(order)
     lengths = [len(s.prompt) + len(s.response) for s in steps]
     metrics = {}
+    n_gated = n_resp = 0
     for u in range(a.updates):
         mb = order[u * len(order) // a.updates:(u + 1) * len(order) // a.updates]
         n_tok = sum(len(steps[i].response) for i in mb)
         if n_tok == 0:
             continue
+        W = 0.0
+        if lam > 0:  # gates for the whole mini-batch first: their sum normalises every micro-batch's L_int
+            row = {i: j for j, i in enumerate(mb)}
+            resp_mask = torch.zeros(len(mb), max(len(steps[i].response) for i in mb))  # (B_mb, R_mb)
+            for j, i in enumerate(mb):
+                resp_mask[j, :len(steps[i].response)] = 1
+            w_mb = D.gate_weights([steps[i].skill is not None for i in mb], [delta[i] for i in mb], adv[mb],
+                                  resp_mask, cap=a.adv_cap)  # (B_mb, R_mb)
+            W, n_gated, n_resp = float(w_mb.sum()), n_gated + int((w_mb > 0).sum()), n_resp + n_tok
         opt.zero_grad(set_to_none=True)
         for chunk in micro_batches(mb, lengths, a.micro_tokens):
             prompts, resps = [steps[i].prompt for i in chunk], [steps[i].response for i in chunk]
@@ -180,6 +331,13 @@ def train_step(policy, ref, opt, steps, adv, a, rng):
                                         clip_low=a.clip, clip_high=a.clip, dual_clip=a.dual_clip,
                                         entropy_coef=a.entropy_coef, kl_coef=a.kl_coef, total_tokens=n_tok)
             loss.backward()
+            gated = [i for i in chunk if W > 0 and bool((w_mb[row[i]] > 0).any())]
+            if gated:  # L = L_base + beta L_KL(ref) + lambda L_int on the gated subset of this micro-batch; its own
+                # backward (the gradients add up in .grad) frees the base graph before the (B, R, V) forwards
+                l_int, _ = internalization_loss(policy, [steps[i] for i in gated], w_mb[[row[i] for i in gated]],
+                                                blocks, W, a)
+                (lam * l_int).backward()
+                metrics["distill_loss"] = metrics.get("distill_loss", 0.0) + float(l_int.detach()) / a.updates
             w = float(mask.sum()) / n_tok
             for k, v in m.items():
                 if isinstance(v, (int, float)):
@@ -190,6 +348,8 @@ def train_step(policy, ref, opt, steps, adv, a, rng):
         for group in opt.param_groups:
             group["lr"] = a.lr * min(1.0, (float(n_steps) + 1) / a.warmup) if a.warmup else a.lr
         opt.step()
+    if lam > 0:  # the fraction of response tokens that taught (distill_loss: L_int per mini-batch, unscaled)
+        metrics["gate_frac"] = n_gated / max(n_resp, 1)
     return metrics
 
 
@@ -235,6 +395,22 @@ def main(argv=None):
         start, rl_clock = state["iter"], state.get("rl_s", 0.0)
         print(f"resumed from {ckpt} at iteration {start}", flush=True)
 
+    # SIRI's state: phase, success buffer, skill bank; saved with every checkpoint, restored by --resume
+    siri = a.algo == "siri"
+    p2 = phase2_start(a.iters, a.phase2_frac)
+    buffer = mine.SuccessBuffer()
+    bank = mine.SkillBank(n_eval=a.n_eval, activate=a.activate, retire=a.retire, capacity=a.bank_capacity,
+                          p_explore=a.p_explore)
+    sst = dict(phase=0, phase1_start=None, mined=0, dropped=0)  # phase1_start: first iteration of phase >= 1
+    if a.resume and siri:
+        bank = mine.SkillBank.load(os.path.join(ckpt, "bank.json"))
+        buffer = load_buffer(os.path.join(ckpt, "buffer.json"))
+        sst = state["siri"]
+    n_events = len(bank.events)  # lifecycle events already logged
+    miner, miner_tok = policy, tok  # SIRI: the current weights (mine.mine runs under torch.no_grad)
+    if siri and a.miner:
+        miner, miner_tok = M.load(a.miner, device=a.device, dtype=dtype).eval(), AutoTokenizer.from_pretrained(a.miner)
+
     train = envs.make(a.env, "train", seed=a.seed, **({"n_tasks": a.train_tasks} if a.train_tasks else {}), **env_kw)
     prompter = R.Prompter(tok, train.description, history=a.history, think=a.think, max_prompt_tokens=a.max_prompt_tokens)
     eval_suites = {s: envs.make(a.env, s, n_tasks=a.final_eval_tasks, seed=a.seed, **env_kw)
@@ -254,6 +430,26 @@ def main(argv=None):
                                            for s in eval_suites), flush=True)
         return row
 
+    pending = []  # an iteration's event rows, written with its own row: a crash mid-iteration logs none of them
+
+    def log_event(it, kind, **kw):  # a JSONL row with "event" and a console line
+        pending.append({"event": kind, "iter": it, **kw})
+        print(f"[{kind} @ {it}] " + ", ".join(f"{k}: {v}" for k, v in kw.items()), flush=True)
+
+    def log_bank_events(it):
+        nonlocal n_events
+        for e in bank.events[n_events:]:
+            log_event(it, "skill", **e)
+        n_events = len(bank.events)
+
+    def save_siri(d):  # into the checkpoint being written, before its atomic swap
+        bank.save(os.path.join(d, "bank.json"))
+        save_buffer(buffer, os.path.join(d, "buffer.json"))
+
+    def write_bank_md():
+        with open(os.path.join(a.out, "bank.md"), "w") as f:
+            f.write(bank.markdown())
+
     if start == 0:
         run_eval(0, a.eval_tasks)
     done_iters = start
@@ -263,9 +459,41 @@ def main(argv=None):
         tasks = rng.sample(train.tasks, a.groups)
         gen = torch.Generator(device=a.device).manual_seed(a.seed * 1_000_003 + it)
         policy.eval()
+
+        # SIRI: phase, mining, retrieval (phase 0 and --algo gigpo/grpo: none of it, the plain loop)
+        phase = (phase_of(it, sst["phase"], len(buffer), a.iters, a.n_req, a.phase1_min_frac, a.phase2_frac)
+                 if siri else 0)
+        if phase != sst["phase"]:
+            why = {1: f"success buffer {len(buffer)} >= n_req {a.n_req}",
+                   2: f"the last {a.iters - p2} iterations"}[phase]
+            if sst["phase"] == 0 and phase == 2:
+                why += f"; phase 1 skipped: success buffer {len(buffer)} < n_req {a.n_req}"
+            log_event(it + 1, "phase", **{"from": sst["phase"], "to": phase, "reason": why})
+            sst["phase"] = phase
+            if sst["phase1_start"] is None:
+                sst["phase1_start"] = it
+        mined = dropped = 0
+        if phase >= 1 and (it - sst["phase1_start"]) % a.mine_every == 0:
+            trajs = buffer.sample(a.mine_count, rng)
+            with amp(a):
+                kept, dropped = mine.mine(miner, miner_tok, train.description, trajs)
+            added = [bank.add(skill, t.key, it + 1, t) for skill, t in kept]  # None: duplicate or key full
+            mined, sst["mined"], sst["dropped"] = len(kept), sst["mined"] + len(kept), sst["dropped"] + dropped
+            print(f"mining @ {it + 1}: {len(trajs)} trajectories -> {mined} skills parsed "
+                  f"({sum(x is not None for x in added)} new in the bank), {dropped} dropped", flush=True)
+            log_bank_events(it + 1)
+        skills = skill_ids = None
+        if phase >= 1:  # paired validation: per group at most one skill, in the second half of its rollouts
+            skills, skill_ids = [], []
+            for task in tasks:
+                s = bank.retrieve(*describe(train, task), rng)
+                for use in mine.paired_split(a.group_size):
+                    skills.append(R.format_skill(s.fields) if s and use else None)
+                    skill_ids.append(s.id if s and use else None)
+
         with amp(a):
             steps, eps, st = R.rollout(policy, tok, prompter, train, tasks, a.group_size, sampling, generator=gen,
-                                       max_steps=a.max_steps)
+                                       skills=skills, skill_ids=skill_ids, max_steps=a.max_steps)
         t_roll = time.time() - t0
         adv = gigpo.gigpo_advantages(torch.tensor([s.reward for s in steps]), torch.tensor([s.valid for s in steps]),
                                      torch.tensor([s.group for s in steps]), torch.tensor([s.traj for s in steps]),
@@ -277,9 +505,23 @@ def main(argv=None):
             by_group.setdefault(e.group, set()).add(round(e.score, 6))
         mixed = {gid for gid, v in by_group.items() if len(v) > 1}
         keep = [k for k, s in enumerate(steps) if a.keep_uniform_groups or s.group in mixed]
+
+        # SIRI: delta_g -> skill lifecycle; plain wins -> buffer; phase 2: what L_int needs
+        deltas = mine.paired_deltas(eps) if phase >= 1 else {}  # {group: (skill id, delta_g)}
+        for sid, d in deltas.values():
+            bank.update(sid, d, it + 1)
+        log_bank_events(it + 1)
+        if siri:
+            buffer.add_from_rollout(steps, eps, it + 1)  # won plain episodes only
+        lam = D.lambda_schedule(it - p2, a.lambda_max, a.lambda_ramp) if phase == 2 else 0.0
+        blocks = {sid: tok(R.format_skill(bank.skills[sid].fields), add_special_tokens=False)["input_ids"]
+                  for sid, _ in deltas.values()}  # the block's ids, tokenized alone as Prompter splices them
+        delta = [deltas.get(steps[k].group, (None, None))[1] for k in keep]
+
         policy.train()
         t1 = time.time()
-        m = train_step(policy, ref, opt, [steps[k] for k in keep], adv[keep], a, rng) if keep else {}
+        m = (train_step(policy, ref, opt, [steps[k] for k in keep], adv[keep], a, rng, delta, blocks, lam)
+             if keep else {})
         t_train = time.time() - t1
         n_tok = sum(len(steps[k].prompt) + len(steps[k].response) for k in keep)
         row = dict(iter=it + 1, success=sum(e.won for e in eps) / len(eps), score=sum(e.score for e in eps) / len(eps),
@@ -290,21 +532,47 @@ def main(argv=None):
                    gen_tok_s=st["gen_tokens"] / max(st["gen_s"], 1e-9), iter_s=time.time() - t0, **m)
         rl_clock, done_iters = rl_clock + row["iter_s"], it + 1
         row["rl_s"] = rl_clock
-        log_jsonl(metrics_path, row)
+        siri_line = ""
+        if siri:
+            dg = [d for _, d in deltas.values()]
+            row.update(phase=phase, mined=mined, dropped=dropped, skills_mined=sst["mined"], **bank.counts(),
+                       buffer=len(buffer), skill_groups=len(deltas),
+                       skill_episodes=sum(e.skill is not None for e in eps),
+                       delta_g=sum(dg) / len(dg) if dg else None, gate_frac=m.get("gate_frac", 0.0),
+                       distill_loss=m.get("distill_loss", 0.0), **{"lambda": lam})
+            siri_line = (f" | phase {phase} skills {sst['mined']} "
+                         f"(a {row['active']} c {row['candidate']} r {row['retired']})"
+                         f" dg {'-' if not dg else format(row['delta_g'], '+.2f')} gate {row['gate_frac']:.3f}"
+                         f" distill {row['distill_loss']:.3g}")
+        for r in pending + [row]:
+            log_jsonl(metrics_path, r)
+        pending.clear()
         print(f"it {it + 1:4d} | success {row['success']:.3f} | reward {row['reward']:.2f} | valid {row['valid']:.3f} | "
-              f"len {row['ep_len']:.1f} | mixed {row['mixed_groups']:.2f} | kl {m.get('kl', 0):.4f} | gen {st['gen_s']:.1f}s env {st['env_s']:.1f}s "
+              f"len {row['ep_len']:.1f} | mixed {row['mixed_groups']:.2f} | kl {m.get('kl', 0):.4f}{siri_line} | "
+              f"gen {st['gen_s']:.1f}s env {st['env_s']:.1f}s "
               f"train {t_train:.1f}s ({row['train_tok_s']:.0f} tok/s) | {row['iter_s']:.1f}s (RL {rl_clock / 60:.1f} min)", flush=True)
         if a.eval_every and (it + 1) % a.eval_every == 0 and it + 1 < a.iters:
             run_eval(it + 1, a.eval_tasks)
         out_of_time = a.max_rl_minutes and rl_clock >= 60 * a.max_rl_minutes
         if (it + 1) % a.save_every == 0 or it + 1 == a.iters or out_of_time:
-            save_checkpoint(a.out, policy, opt, {"iter": it + 1, "rl_s": rl_clock})
+            save_checkpoint(a.out, policy, opt, {"iter": it + 1, "rl_s": rl_clock, **({"siri": sst} if siri else {})},
+                            save_siri if siri else None)
+            if siri:
+                write_bank_md()
         if out_of_time:
             print(f"stopping after {it + 1} iterations: --max-rl-minutes {a.max_rl_minutes} reached", flush=True)
             break
     final = run_eval(done_iters, a.final_eval_tasks)
     with open(os.path.join(a.out, "final.json"), "w") as f:
         json.dump(final, f, indent=2)
+    line = "  ".join(f"{s} success {final[s]['success']:.3f} score {final[s]['score']:.3f}" for s in eval_suites)
+    if siri:
+        write_bank_md()
+        c = bank.counts()
+        line += (f" | ended in phase {sst['phase']}, {sst['mined']} skills mined ({sst['dropped']} dropped): "
+                 f"{c['active']} active, {c['candidate']} candidate, {c['retired']} retired -> {a.out}/bank.md")
+    print(f"results: {a.algo}{'/' + a.backbone if siri else ''} on {a.env}, {done_iters} iterations, "
+          f"{rl_clock / 60:.1f} RL min, plain prompt: {line}", flush=True)
     return final
 
 

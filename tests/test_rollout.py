@@ -28,10 +28,13 @@ def tok(policy_dir):
 
 def test_embedded_tokenizer_survives_autotokenizer(tmp_path):
     """The embedded tokenizer gives the same ids in memory and when AutoTokenizer loads it beside the embedded
-    policy's config.json; numbered entities are single tokens. Beside a qwen2 config.json transformers 5 would
+    policy's config.json (with ENTITY_SPLIT numbered entities are single tokens, by default word and number
+    are two). Beside a qwen2 config.json transformers 5 would
     rebuild it as Qwen2Tokenizer with Qwen2's digit-by-digit pre-tokenization (why the policy is a llama)."""
     texts = ["You arrive at countertop 1. On the countertop 1, you see a knife 12.", "<action>go to desk 1</action>"]
-    tok = bootstrap.train_tokenizer(texts * 20, 300, str(tmp_path))
+    words = bootstrap.train_tokenizer(texts * 20, 300, str(tmp_path / "words"))  # the default: word, number
+    assert words.tokenize(" countertop 1") == words.tokenize(" countertop") + words.tokenize(" 1")
+    tok = bootstrap.train_tokenizer(texts * 20, 300, str(tmp_path), bootstrap.ENTITY_SPLIT)
     assert tok.tokenize(" countertop 1") == [tok.tokenize(" countertop 1")[0]]
     json.dump(M.config_dict(bootstrap.ARCH), open(tmp_path / "config.json", "w"))
     loaded = AutoTokenizer.from_pretrained(str(tmp_path))
