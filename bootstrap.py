@@ -52,7 +52,7 @@ import envs
 import mine
 import model as M
 import rollout as R
-from rollout import SKILL_MARK, Prompter
+from rollout import SKILL_MARK, Prompter, chat_ids
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -217,12 +217,6 @@ def train_tokenizer(texts, vocab, path, split=WORD_SPLIT):
 HOUSEHOLD_RARE = {"heat": "pick_heat_then_place_in_recep", "cool": "pick_cool_then_place_in_recep",
                   "clean": "pick_clean_then_place_in_recep", "look": "look_at_obj_in_light",
                   "pick": "pick_and_place_simple", "two": "pick_two_obj_and_place"}
-
-
-def chat_ids(tok, text):
-    """Ids of one user message through the chat template, ready for the assistant's answer."""
-    return tok(tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True),
-               add_special_tokens=False)["input_ids"]
 
 
 class Optimizers:

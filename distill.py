@@ -95,11 +95,7 @@ def vocab_logprobs(model, prompts, responses, temperature=1.0, bucket_tokens=163
         if not g:
             continue
         ids, ctx, starts = M.fresh_context(backend, [seqs[i] for i in g], dev)
-        n_resp = torch.as_tensor([len(responses[i]) for i in g], device=dev)
-        seq = torch.repeat_interleave(torch.arange(len(g), device=dev), n_resp)  # (N,) which sequence
-        col = torch.arange(int(n_resp.sum()), device=dev) - F.pad(n_resp.cumsum(0), (1, 0))[:-1][seq]  # (N,)
-        first = torch.as_tensor([len(prompts[i]) for i in g], device=dev)
-        idx = starts[seq] + first[seq] + col - 1  # the output at flat position j predicts the token at j + 1
+        seq, col, idx = M.response_positions([len(prompts[i]) for i in g], [len(responses[i]) for i in g], starts)
         logits = model(ids, ctx, out_idx=idx)  # (N, V) float32, targets=None: raw logits
         # in place: one (B, R, V) buffer, not a copy per bucket (autograd records the writes)
         out.index_put_((torch.as_tensor(g, device=dev)[seq], col), F.log_softmax(logits / temperature, -1))

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 import model as M
+import rollout as R
 
 # -----------------------------------------------------------------------------
 # Phase 0: the success buffer
@@ -163,20 +164,13 @@ def parse_skill(text):
     return skill
 
 
-def _chat_ids(tok, text):
-    """One user message through the chat template, ready for the answer (bootstrap.chat_ids; bootstrap imports
-    this module, hence the copy)."""
-    return tok(tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                       add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-
-
 @torch.no_grad()
 def mine(policy, tok, env_description, trajectories, max_new_tokens=192, temperature=0.0, generator=None):
     """One skill per trajectory (anything with .task and .actions, e.g. a Success) from `policy` (any model.py
     model), one batched generate call. Returns ([(skill dict, trajectory)], n_dropped)."""
     if not trajectories:
         return [], 0
-    prompts = [_chat_ids(tok, mining_prompt(env_description, t.task, t.actions)) for t in trajectories]
+    prompts = [R.chat_ids(tok, mining_prompt(env_description, t.task, t.actions)) for t in trajectories]
     out = M.generate(policy, prompts, max_new_tokens, temperature, stop_ids=[tok.eos_token_id], generator=generator)
     parsed = [(parse_skill(tok.decode(r, skip_special_tokens=True)), t) for r, t in zip(out.lists(), trajectories)]
     kept = [(s, t) for s, t in parsed if s is not None]

@@ -555,6 +555,18 @@ def fresh_context(backend, seqs, device, cache=None, rows=None):
     return ids, ctx, torch.arange(len(seqs), device=device) * ids.shape[1]
 
 
+def response_positions(prompt_lens, response_lens, starts):
+    """For sequences laid out at flat offsets `starts` (fresh_context), each as prompt + response: per response
+    token (N in all) its sequence seq, its column col in the response, and the flat position idx whose output
+    predicts it (the token at flat position j is predicted by the output at j - 1). -> three (N,) tensors."""
+    dev = starts.device
+    n_resp = torch.as_tensor(response_lens, device=dev)
+    seq = torch.repeat_interleave(torch.arange(len(response_lens), device=dev), n_resp)  # (N,) which sequence
+    col = torch.arange(int(n_resp.sum()), device=dev) - F.pad(n_resp.cumsum(0), (1, 0))[:-1][seq]  # (N,)
+    idx = starts[seq] + torch.as_tensor(prompt_lens, device=dev)[seq] + col - 1  # (N,)
+    return seq, col, idx
+
+
 def score(model, prompts, responses, bucket_tokens=16384, temperature=1.0):
     """Log-probs and entropies of each response token given its prompt, with gradients, under
     softmax(logits / temperature) (RL trains the policy it samples from, as verl does).
@@ -579,12 +591,7 @@ def score(model, prompts, responses, bucket_tokens=16384, temperature=1.0):
         if not g:
             continue
         ids, ctx, starts = fresh_context(backend, [seqs[i] for i in g], dev)
-        # the token at flat position j is predicted by the output at j - 1
-        n_resp = torch.as_tensor([len(responses[i]) for i in g], device=dev)
-        seq = torch.repeat_interleave(torch.arange(len(g), device=dev), n_resp)  # (N,) which sequence
-        col = torch.arange(int(n_resp.sum()), device=dev) - F.pad(n_resp.cumsum(0), (1, 0))[:-1][seq]  # (N,)
-        first = torch.as_tensor([len(prompts[i]) for i in g], device=dev)
-        idx = starts[seq] + first[seq] + col - 1
+        seq, col, idx = response_positions([len(prompts[i]) for i in g], [len(responses[i]) for i in g], starts)
         lp, h = model(ids, ctx, out_idx=idx, targets=ids.flatten()[idx + 1], temperature=temperature)
         rows = torch.as_tensor(g, device=dev)[seq]
         logp, ent = logp.index_put((rows, col), lp), ent.index_put((rows, col), h)

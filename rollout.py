@@ -49,6 +49,12 @@ def format_skill(skill):
             f"Key steps: {skill['steps']}\n")
 
 
+def chat_ids(tok, text):
+    """Ids of one user message through the chat template, ready for the assistant's answer."""
+    return tok(tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True),
+               add_special_tokens=False)["input_ids"]
+
+
 class Prompter:
     """Token ids of each turn's prompt for one tokenizer and env."""
 

@@ -137,8 +137,7 @@ TRAJS = [mine.Success("put a mug in desk 1.", "pick", ["go to desk 1", "take mug
 
 
 def test_mine_random_model_drops_every_answer(tok):
-    """A tiny random model writes garbage: nothing parses, every answer is dropped and counted; the chat helper
-    builds the same ids as bootstrap.chat_ids."""
+    """A tiny random model writes garbage: nothing parses, every answer is dropped and counted."""
     cfg = M.ModelConfig.from_hf(M.config_dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32,
                                               num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
     policy = M.init_weights(M.Transformer(cfg), seed=0)
@@ -147,8 +146,6 @@ def test_mine_random_model_drops_every_answer(tok):
                               generator=torch.Generator().manual_seed(0))
     assert kept == [] and dropped == len(TRAJS)
     assert mine.mine(policy, tok, "a house", []) == ([], 0)
-    text = mine.mining_prompt("a house", TRAJS[0].task, TRAJS[0].actions)
-    assert mine._chat_ids(tok, text) == bootstrap.chat_ids(tok, text)
 
 
 def test_mine_parses_answers_in_one_batch(tok, monkeypatch):
@@ -169,7 +166,7 @@ def test_mine_parses_answers_in_one_batch(tok, monkeypatch):
     monkeypatch.setattr(M, "generate", fake_generate)
     kept, dropped = mine.mine(None, tok, "a house", TRAJS)
     assert len(calls) == 1 and calls[0][1] == 0.0 and tok.eos_token_id in calls[0][2]
-    assert calls[0][0] == [bootstrap.chat_ids(tok, mine.mining_prompt("a house", t.task, t.actions)) for t in TRAJS]
+    assert calls[0][0] == [R.chat_ids(tok, mine.mining_prompt("a house", t.task, t.actions)) for t in TRAJS]
     assert dropped == 1
     assert kept == [(mine.parse_skill(GOOD), TRAJS[0]), (mine.parse_skill(other), TRAJS[2])]
 
