@@ -132,6 +132,16 @@ def gigpo_advantages(rewards, valid, group, traj, step, anchors, *, gamma=0.95, 
             "step_adv": step_adv.to(**like), "returns": returns.to(**like)}
 
 
+def trajectory_weights(traj):
+    """Per-sample weights that give every trajectory the same total weight: w_s = (S / n_traj) / L_traj(s),
+    so the weights sum to S. Multiplied into the advantages before the token-mean loss, they stop long
+    (mostly failed, step-capped) trajectories from outweighing short successes ("traj" weighting, ours; the
+    papers weight every step sample alike). (S,) ids -> (S,) float32."""
+    t = torch.unique(_as(traj, torch.long), return_inverse=True)[1]  # (S,) dense trajectory index
+    n = torch.bincount(t).to(torch.float64)  # (n_traj,) steps per trajectory
+    return (len(t) / len(n) / n[t]).to(torch.float32) if len(t) else torch.zeros(0)
+
+
 # -----------------------------------------------------------------------------
 # policy loss
 

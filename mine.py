@@ -115,6 +115,20 @@ class SuccessBuffer:
             s.mined += 1
         return picked
 
+    def save(self, path):
+        """JSON, written atomically (the checkpoint holds it next to the bank)."""
+        with open(path + ".tmp", "w") as f:
+            json.dump(dict(capacity=self.capacity, n_added=self.n_added, items=[asdict(s) for s in self.items]), f)
+        os.replace(path + ".tmp", path)
+
+    @classmethod
+    def load(cls, path):
+        with open(path) as f:
+            d = json.load(f)
+        buf = cls(d["capacity"])
+        buf.n_added, buf.items = d["n_added"], [Success(**x) for x in d["items"]]
+        return buf
+
 
 # -----------------------------------------------------------------------------
 # Phase 1: mining
@@ -297,8 +311,9 @@ class SkillBank:
         elif s.status == "candidate" and s.mean_delta > self.activate:
             self._move(s, "active", iteration, f"mean delta {s.mean_delta:+.3f} > {self.activate} after {s.uses} uses")
 
-    def retrieve(self, key, task_text, rng):
-        """The Skill to put in half of one group's rollouts of a task with this key, or None (decision 9)."""
+    def retrieve(self, key, task_text, rng, explore=True):
+        """The Skill to put in half of one group's rollouts of a task with this key, or None (decision 9).
+        explore=False (evaluation with skills): the best active skill of the key, or None; rng is not used."""
         live = [s for s in self.skills.values() if s.status != "retired"]
         pool = [s for s in live if s.key == key]
         if not pool:  # unknown key: the lexically nearest known key
@@ -310,6 +325,8 @@ class SkillBank:
                 return None
             pool = [s for s in live if s.key == near]
         active = [s for s in pool if s.status == "active"]
+        if not explore:
+            return max(active, key=lambda s: (s.mean_delta, -s.id)) if active else None
         fresh = [s for s in pool if s.status == "candidate" and s.uses < self.n_eval]
         if fresh and (not active or rng.random() < self.p_explore):
             return rng.choice(fresh)

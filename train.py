@@ -45,8 +45,10 @@ the groups with a skill); gate_frac (response tokens passing the gates),
 distill_loss (L_int per mini-batch, before lambda) and lambda in phase 2.
 
 Departures from the GiGPO setup (SPEC 3) and SIRI's unpublished choices, all flags:
-1. The embedded tiny policy needs a far larger learning rate than 1e-6
-   (default 2e-4 without --model; 1e-6 with one).
+1. The embedded tiny policy needs a larger learning rate than 1e-6: default
+   5e-5 for a bootstrap.py policy (none given, or a --model dir holding
+   bootstrap.json), 1e-6 for any other checkpoint. At 2e-4 and above it drifts
+   away within a few iterations (README, "Measured so far").
 2. Old log-probs are the ones the sampler computed (model.generate returns the
    log-prob of every sampled token under softmax(logits / T), T the rollout
    temperature); --recompute-old-logp recomputes them with the training
@@ -54,14 +56,14 @@ Departures from the GiGPO setup (SPEC 3) and SIRI's unpublished choices, all fla
    old, reference) and the entropy are those of the tempered policy.
 3. Phase boundaries: the paper runs ~30 / 100 / 20 of 150 iterations. Ours:
    phase 1 once the buffer holds N_req = 2 x groups wins, not before 10% of
-   the run; phase 2 the final 13.3%, fixed (the last 5 of the default 40
+   the run; phase 2 the final 13.3%, fixed (the last 2 of the default 12
    iterations). Mining goes on in phase 2 too.
 4. Mining: every 5 iterations, G buffered trajectories (mine.py's sampling),
    greedy. Bank: N_eval 3, thresholds 0, 3 skills per key, exploration 0.5
    (mine.py's decisions). Retrieval uses the iteration's random stream.
 5. The teacher is the current weights at each micro-batch (distill.py), and
    L_int's normaliser is the gate-weight sum of the mini-batch, so micro-batch
-   losses add up exactly. lambda_max 1.0, ramp 5, c 1.0 (distill.py). The
+   losses add up exactly. lambda_max 1.0, ramp 2 (distill.py says 5), c 1.0. The
    distillation forwards (B, R, V) come on top of --micro-tokens: at a 152k
    vocabulary lower --micro-tokens in phase 2.
 """
@@ -72,7 +74,6 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict
 
 import torch
 
@@ -81,7 +82,14 @@ import envs
 import gigpo
 import mine
 import model as M
+import report
 import rollout as R
+
+
+# --quick: every phase of the pipeline in minutes on 2 cores (numbers from it are a smoke test, not results)
+QUICK = dict(out="runs/quick", iters=4, groups=4, group_size=4, max_steps=30, eval_every=0, eval_tasks=30,
+             final_eval_tasks=30, phase1_min_frac=0.25, mine_every=1, lambda_ramp=1)
+QUICK_BOOTSTRAP = dict(demos=300, sft_steps=200)
 
 
 def get_args(argv=None):
@@ -101,12 +109,15 @@ def get_args(argv=None):
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     g.add_argument("--amp", action="store_true",
                    help="bfloat16 autocast for generation and training forwards (float32 weights and optimizer)")
+    g.add_argument("--quick", action="store_true",
+                   help="a first look in minutes: a smaller bootstrap (QUICK_BOOTSTRAP) and run (QUICK: 4 iterations "
+                        "of 4x4 episodes, every phase); flags given explicitly still win")
     g = p.add_argument_group("rollout")
-    g.add_argument("--iters", type=int, default=40, help="RL iterations")
+    g.add_argument("--iters", type=int, default=12, help="RL iterations")
     g.add_argument("--max-rl-minutes", type=float, default=0,
                    help="also stop once rollouts + updates (evaluation excluded) took this long (0 = no limit); "
                         "SIRI's phases are fractions of --iters, so such a run may stop before phase 2")
-    g.add_argument("--groups", type=int, default=8, help="task groups per iteration (G)")
+    g.add_argument("--groups", type=int, default=4, help="task groups per iteration (G)")
     g.add_argument("--group-size", type=int, default=8, help="rollouts per task group (N)")
     g.add_argument("--history", type=int, default=2, help="past (observation, action) pairs in the prompt")
     g.add_argument("--think", action="store_true", help="ask for <think>...</think> before the action (real LLMs)")
@@ -119,7 +130,7 @@ def get_args(argv=None):
     g.add_argument("--max-steps", type=int, default=0,
                    help="episode step cap in training rollouts (0 = the env's own: 50 household, 15 shop)")
     g = p.add_argument_group("GiGPO / PPO")
-    g.add_argument("--lr", type=float, default=0.0, help="AdamW learning rate (0 = 2e-4 embedded policy, 1e-6 with --model)")
+    g.add_argument("--lr", type=float, default=0.0, help="AdamW learning rate (0 = 5e-5 for a bootstrap.py policy, 1e-6 for any other --model)")
     g.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up over this many optimizer steps")
     g.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay")
     g.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip")
@@ -138,6 +149,9 @@ def get_args(argv=None):
     g.add_argument("--keep-uniform-groups", action="store_true",
                    help="also train on groups whose rollouts all scored the same (zero advantage: only the entropy "
                         "and KL terms act on them); by default they are left out, as DAPO's dynamic sampling does")
+    g.add_argument("--weighting", default="token", choices=["token", "traj"],
+                   help="token: every response token of the mini-batch alike (verl's token-mean); traj: advantages "
+                        "scaled so every trajectory weighs the same in total, whatever its length")
     g.add_argument("--recompute-old-logp", action="store_true", help="recompute old log-probs with the training forward")
     g = p.add_argument_group("SIRI (--algo siri)")
     g.add_argument("--phase1-min-frac", type=float, default=0.1,
@@ -160,16 +174,21 @@ def get_args(argv=None):
     g.add_argument("--distill", default="kl", choices=["kl", "nll"],
                    help="L_int: full-vocabulary KL(teacher || student), or NLL of the sampled token (no teacher)")
     g.add_argument("--lambda-max", type=float, default=1.0, help="L_int coefficient after the ramp")
-    g.add_argument("--lambda-ramp", type=int, default=5, help="phase-2 iterations over which lambda ramps up to max")
+    g.add_argument("--lambda-ramp", type=int, default=2, help="phase-2 iterations over which lambda ramps up to max")
     g.add_argument("--adv-cap", type=float, default=1.0, help="distillation token weight clip(A, 0, cap)")
     g = p.add_argument_group("evaluation and checkpoints")
-    g.add_argument("--eval-every", type=int, default=10, help="evaluate every k iterations (0 = only at the end)")
+    g.add_argument("--eval-every", type=int, default=6, help="evaluate every k iterations (0 = only at the end)")
     g.add_argument("--eval-tasks", type=int, default=100, help="held-out tasks per split for periodic evaluation")
-    g.add_argument("--final-eval-tasks", type=int, default=300, help="held-out tasks per split at the end")
+    g.add_argument("--final-eval-tasks", type=int, default=100, help="held-out tasks per split at the end")
     g.add_argument("--eval-max-steps", type=int, default=0, help="episode step cap in evaluation (0 = the env's own)")
     g.add_argument("--eval-temperature", type=float, default=0.4, help="sampling temperature for evaluation")
+    g.add_argument("--eval-with-skills", action="store_true",
+                   help="siri: after the plain-prompt final evaluation, evaluate again with each task's best active "
+                        "skill in the prompt (the paper's ablation of SIRI without phase 2, with skills)")
     g.add_argument("--save-every", type=int, default=10, help="checkpoint every k iterations")
     g.add_argument("--bootstrap-demos", type=int, default=0, help="expert episodes for the embedded policy (0 = its default)")
+    if p.parse_known_args(argv)[0].quick:
+        p.set_defaults(**QUICK)
     a = p.parse_args(argv)
     if a.algo == "grpo" or (a.algo == "siri" and a.backbone == "grpo"):
         a.omega = 0.0
@@ -179,7 +198,8 @@ def get_args(argv=None):
         p.error("--phase1-min-frac and --phase2-frac must lie in [0, 1], --mine-every >= 1")
     a.n_req = a.n_req or 2 * a.groups
     a.mine_count = a.mine_count or a.groups
-    a.lr = a.lr or (1e-6 if a.model else 2e-4)
+    embedded = not a.model or os.path.exists(os.path.join(a.model, "bootstrap.json"))  # a bootstrap.py policy
+    a.lr = a.lr or (5e-5 if embedded else 1e-6)
     a.max_new_tokens = a.max_new_tokens or (512 if a.think else 32)
     return a
 
@@ -208,19 +228,6 @@ def save_checkpoint(out, policy, opt, state, write_extra=None):
         os.replace(final, old)
     os.replace(tmp, final)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def save_buffer(buf, path):
-    with open(path, "w") as f:
-        json.dump(dict(capacity=buf.capacity, n_added=buf.n_added, items=[asdict(s) for s in buf.items]), f)
-
-
-def load_buffer(path):
-    with open(path) as f:
-        d = json.load(f)
-    buf = mine.SuccessBuffer(d["capacity"])
-    buf.n_added, buf.items = d["n_added"], [mine.Success(**x) for x in d["items"]]
-    return buf
 
 
 # -----------------------------------------------------------------------------
@@ -380,6 +387,8 @@ def main(argv=None):
         kw = dict(env=a.env, seed=a.seed, history=a.history)
         if a.env == "household":
             kw["room_size"] = a.room_size
+        if a.quick:
+            kw.update(QUICK_BOOTSTRAP)
         if a.bootstrap_demos:
             kw["demos"] = a.bootstrap_demos
         init_path = bootstrap.build(os.path.join(a.out, "policy"), **kw)
@@ -404,7 +413,7 @@ def main(argv=None):
     sst = dict(phase=0, phase1_start=None, mined=0, dropped=0)  # phase1_start: first iteration of phase >= 1
     if a.resume and siri:
         bank = mine.SkillBank.load(os.path.join(ckpt, "bank.json"))
-        buffer = load_buffer(os.path.join(ckpt, "buffer.json"))
+        buffer = mine.SuccessBuffer.load(os.path.join(ckpt, "buffer.json"))
         sst = state["siri"]
     n_events = len(bank.events)  # lifecycle events already logged
     miner, miner_tok = policy, tok  # SIRI: the current weights (mine.mine runs under torch.no_grad)
@@ -418,15 +427,19 @@ def main(argv=None):
     metrics_path = os.path.join(a.out, "metrics.jsonl")
     sampling = R.Sampling(temperature=a.temperature, max_new_tokens=a.max_new_tokens)
 
-    def run_eval(it, n):
-        row = {"iter": it, "eval": True, "rl_s": rl_clock}
+    def run_eval(it, n, with_skills=False):
+        row = {"iter": it, "eval": True, "rl_s": rl_clock, **({"with_skills": True} if with_skills else {})}
         for s, suite in eval_suites.items():
+            def skill_of(task):  # the best active skill of the task's key, or none (--eval-with-skills)
+                sk = bank.retrieve(*describe(suite, task), None, explore=False)
+                return R.format_skill(sk.fields) if sk else None
             with amp(a):
                 r = R.evaluate(policy, tok, prompter, suite, suite.tasks[:n], temperature=a.eval_temperature,
-                               seed=a.seed, max_new_tokens=a.max_new_tokens, max_steps=a.eval_max_steps)
+                               seed=a.seed, max_new_tokens=a.max_new_tokens, max_steps=a.eval_max_steps,
+                               skill_of=skill_of if with_skills else None)
             row[s] = r
         log_jsonl(metrics_path, row)
-        print(f"eval @ {it}: " + "  ".join(f"{s} success {row[s]['success']:.3f} score {row[s]['score']:.3f}"
+        print(f"eval{' with skills' if with_skills else ''} @ {it}: " + "  ".join(f"{s} success {row[s]['success']:.3f} score {row[s]['score']:.3f}"
                                            for s in eval_suites), flush=True)
         return row
 
@@ -444,7 +457,7 @@ def main(argv=None):
 
     def save_siri(d):  # into the checkpoint being written, before its atomic swap
         bank.save(os.path.join(d, "bank.json"))
-        save_buffer(buffer, os.path.join(d, "buffer.json"))
+        buffer.save(os.path.join(d, "buffer.json"))
 
     def write_bank_md():
         with open(os.path.join(a.out, "bank.md"), "w") as f:
@@ -505,6 +518,8 @@ def main(argv=None):
             by_group.setdefault(e.group, set()).add(round(e.score, 6))
         mixed = {gid for gid, v in by_group.items() if len(v) > 1}
         keep = [k for k, s in enumerate(steps) if a.keep_uniform_groups or s.group in mixed]
+        if a.weighting == "traj" and keep:
+            adv[keep] = adv[keep] * gigpo.trajectory_weights([steps[k].traj for k in keep])
 
         # SIRI: delta_g -> skill lifecycle; plain wins -> buffer; phase 2: what L_int needs
         deltas = mine.paired_deltas(eps) if phase >= 1 else {}  # {group: (skill id, delta_g)}
@@ -563,6 +578,8 @@ def main(argv=None):
             print(f"stopping after {it + 1} iterations: --max-rl-minutes {a.max_rl_minutes} reached", flush=True)
             break
     final = run_eval(done_iters, a.final_eval_tasks)
+    if siri and a.eval_with_skills:
+        final["with_skills"] = run_eval(done_iters, a.final_eval_tasks, with_skills=True)
     with open(os.path.join(a.out, "final.json"), "w") as f:
         json.dump(final, f, indent=2)
     line = "  ".join(f"{s} success {final[s]['success']:.3f} score {final[s]['score']:.3f}" for s in eval_suites)
@@ -573,6 +590,9 @@ def main(argv=None):
                  f"{c['active']} active, {c['candidate']} candidate, {c['retired']} retired -> {a.out}/bank.md")
     print(f"results: {a.algo}{'/' + a.backbone if siri else ''} on {a.env}, {done_iters} iterations, "
           f"{rl_clock / 60:.1f} RL min, plain prompt: {line}", flush=True)
+    rows = report.read_metrics(metrics_path)
+    report.learning_curve(rows, os.path.join(a.out, "curve.png"), f"{a.algo} on {a.env}, seed {a.seed}")
+    print(report.run_table(rows) + f"\n(learning curve: {a.out}/curve.png)", flush=True)
     return final
 
 

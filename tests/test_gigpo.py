@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from gigpo import discounted_returns, gigpo_advantages, policy_loss
+from gigpo import discounted_returns, gigpo_advantages, policy_loss, trajectory_weights
 
 # -----------------------------------------------------------------------------
 # advantages
@@ -298,3 +298,11 @@ def test_total_tokens_micro_batches_sum_to_batch():
     assert not torch.allclose(own, full)
     bt, _ = policy_loss(logp, old, adv[:, None].expand(B, T), mask, **kw)
     torch.testing.assert_close(bt, full)
+
+
+def test_trajectory_weights_equal_total_per_trajectory():
+    # trajectory 7 has 3 steps, trajectory 2 has 1: S=4, n_traj=2 -> each trajectory's weights sum to S/2 = 2
+    w = trajectory_weights(torch.tensor([7, 2, 7, 7]))
+    assert torch.allclose(w, torch.tensor([2 / 3, 2.0, 2 / 3, 2 / 3]))
+    assert math.isclose(float(w.sum()), 4.0, rel_tol=1e-6)
+    assert trajectory_weights(torch.tensor([5, 5])).tolist() == [1.0, 1.0]  # one trajectory: token weighting

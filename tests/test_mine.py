@@ -274,8 +274,10 @@ def test_retrieval_prefers_active_explores_candidates_and_falls_back_lexically()
     for p, want in ((0.0, good), (1.0, cand)):
         bank.p_explore = p
         assert {bank.retrieve("heat", "heat an egg", rng).id for _ in range(20)} == {want}
+    assert bank.retrieve("heat", "heat an egg", None, explore=False).id == good  # evaluation: exploit only
     look = bank.add(LOOK, "look_at_obj_in_light", 0, SRC)
     assert {bank.retrieve("look_at_obj_in_light", "x", rng).id for _ in range(20)} == {look}  # no active: explore
+    assert bank.retrieve("look_at_obj_in_light", "x", None, explore=False) is None  # a candidate only: none
     assert bank.retrieve("pick_heat_then_place_in_recep", "put a hot apple 1 in fridge 2.", rng).key == "heat"
     assert bank.retrieve("new_type", "examine the book 1 with the desklamp.", rng).id == look
     assert bank.retrieve("new_type", "buy a red shirt under 30 dollars", rng) is None

@@ -95,7 +95,7 @@ def siri_run(policy_dir, tmp_path_factory):
              "--group-size", "4", "--train-tasks", "2", "--max-steps", "3", "--max-new-tokens", "8",
              "--eval-tasks", "1", "--final-eval-tasks", "1", "--eval-max-steps", "1", "--eval-every", "0",
              "--save-every", "1", "--phase1-min-frac", "0", "--n-req", "1", "--phase2-frac", "0.34",
-             "--keep-uniform-groups", "--lr", "1e-3", "--updates", "2"]
+             "--keep-uniform-groups", "--lr", "1e-3", "--updates", "2", "--lambda-ramp", "5"]
     record, crash = [], {"at": 5}
     real_add, real_deltas, real_adv, real_rollout = (mine.SuccessBuffer.add_from_rollout, mine.paired_deltas,
                                                      gigpo.gigpo_advantages, R.rollout)
@@ -263,6 +263,6 @@ def test_shop_tasks_reach_buffer_and_retrieval_as_text(policy_dir, tmp_path):
     assert buf.add_from_rollout(steps, [replace(e, won=True) for e in eps], 1) == 2
     task = suite.tasks[0]
     assert [(s.task, s.key) for s in buf.items] == [(task.instruction, task.category)] * 2
-    train.save_buffer(buf, str(tmp_path / "buffer.json"))
-    assert train.load_buffer(str(tmp_path / "buffer.json")).items == buf.items
+    buf.save(str(tmp_path / "buffer.json"))
+    assert mine.SuccessBuffer.load(str(tmp_path / "buffer.json")).items == buf.items
     assert train.describe(suite, task) == (task.category, task.instruction)

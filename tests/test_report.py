@@ -1,0 +1,67 @@
+"""report.py: the table over seeds, a run's start/end table and its learning-curve PNG, from metrics files."""
+
+import json
+import os
+
+import pytest
+
+import report
+import train
+
+
+def _run(d, boot, final, phases=()):
+    """A fake finished train.py run: eval rows at iterations 0 and 3, iteration rows, phase events, final.json."""
+    os.makedirs(d)
+    ev = lambda it, x: {"iter": it, "eval": True, **{s: {"success": x[k], "n": 10} for k, s in enumerate(report.SPLITS)}}
+    rows = [ev(0, boot)] + [{"iter": i, "success": 0.1 * i} for i in (1, 2, 3)]
+    rows += [{"event": "phase", "iter": it, "from": to - 1, "to": to} for it, to in phases] + [ev(3, final)]
+    with open(os.path.join(d, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    json.dump(rows[-1], open(os.path.join(d, "final.json"), "w"))
+    return rows
+
+
+def test_table_mean_and_spread_over_seeds(tmp_path):
+    out = str(tmp_path)
+    _run(f"{out}/gigpo_s0", (0.2, 0.3), (0.4, 0.5))
+    _run(f"{out}/gigpo_s1", (0.4, 0.1), (0.6, 0.1))
+    _run(f"{out}/siri_s0", (0.2, 0.3), (0.5, 0.5))  # seed 1 of siri unfinished: left out, n says so
+    a = report.get_args(["--out", out, "--algos", "gigpo", "siri", "--seeds", "0", "1", "--dry-run"])
+    rows = report.results(a)
+    assert rows["bootstrap"]["eval_seen"] == pytest.approx([0.2, 0.4])  # one value per seed, runs averaged
+    assert rows["gigpo"]["eval_unseen"] == pytest.approx([0.5, 0.1])
+    text = report.table(rows)
+    assert "| gigpo | 0.500 +- 0.100 (n=2) | 0.300 +- 0.200 (n=2) |" in text
+    assert "| siri | 0.500 +- 0.000 (n=1) |" in text
+    assert text.splitlines()[2].startswith("| bootstrap | 0.300 +- 0.100 (n=2)")
+
+
+def test_train_args_pass_through_after_double_dash():
+    a = report.get_args(["--seeds", "3", "--", "--model", "m", "--iters", "2"])
+    assert a.seeds == [3] and a.train_args == ["--model", "m", "--iters", "2"]
+
+
+def test_run_table_and_learning_curve(tmp_path):
+    rows = _run(str(tmp_path / "r"), (0.25, 0.5), (0.75, 0.5), phases=[(2, 1), (3, 2)])
+    text = report.run_table(rows)
+    assert "| start (iteration 0) | 0.250 (10 tasks) | 0.500 (10 tasks) |" in text
+    assert "| end (iteration 3) | 0.750 (10 tasks) | 0.500 (10 tasks) |" in text
+    png = str(tmp_path / "curve.png")
+    report.learning_curve(rows, png, "t")
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quick_sets_defaults_that_explicit_flags_override():
+    a = train.get_args(["--quick"])
+    assert (a.iters, a.groups, a.group_size, a.out) == (4, 4, 4, "runs/quick")
+    assert train.get_args(["--quick", "--iters", "7"]).iters == 7
+    assert train.get_args([]).iters != 4
+
+
+def test_lr_default_depends_on_the_policy(tmp_path):
+    assert train.get_args([]).lr == 5e-5  # the embedded policy, built by bootstrap.py
+    (tmp_path / "bootstrap.json").write_text("{}")
+    assert train.get_args(["--model", str(tmp_path)]).lr == 5e-5  # a bootstrap.py policy passed as --model
+    assert train.get_args(["--model", str(tmp_path / "hf")]).lr == 1e-6  # any other checkpoint
+    assert train.get_args(["--model", str(tmp_path / "hf"), "--lr", "3e-4"]).lr == 3e-4
