@@ -56,9 +56,9 @@ Departures from the GiGPO setup (SPEC 3) and SIRI's unpublished choices, all fla
    old, reference) and the entropy are those of the tempered policy.
 3. Phase boundaries: the paper runs ~30 / 100 / 20 of 150 iterations. Ours:
    phase 1 once the buffer holds N_req = 2 x groups wins, not before 10% of
-   the run; phase 2 the final 13.3%, fixed (the last 2 of the default 12
-   iterations). Mining goes on in phase 2 too.
-4. Mining: every 5 iterations, G buffered trajectories (mine.py's sampling),
+   the run; phase 2 the final --phase2-frac 0.2, fixed (the last 2 of the
+   default 10 iterations; the paper's 13.3% would leave one). Mining goes on in phase 2 too.
+4. Mining: every 3 iterations, G buffered trajectories (mine.py's sampling),
    greedy. Bank: N_eval 3, thresholds 0, 3 skills per key, exploration 0.5
    (mine.py's decisions). Retrieval uses the iteration's random stream.
 5. The teacher is the current weights at each micro-batch (distill.py), and
@@ -113,7 +113,7 @@ def get_args(argv=None):
                    help="a first look in minutes: a smaller bootstrap (QUICK_BOOTSTRAP) and run (QUICK: 4 iterations "
                         "of 4x4 episodes, every phase); flags given explicitly still win")
     g = p.add_argument_group("rollout")
-    g.add_argument("--iters", type=int, default=12, help="RL iterations")
+    g.add_argument("--iters", type=int, default=10, help="RL iterations")
     g.add_argument("--max-rl-minutes", type=float, default=0,
                    help="also stop once rollouts + updates (evaluation excluded) took this long (0 = no limit); "
                         "SIRI's phases are fractions of --iters, so such a run may stop before phase 2")
@@ -158,10 +158,10 @@ def get_args(argv=None):
                    help="minimum fraction of --iters spent in phase 0 before phase 1 may start")
     g.add_argument("--n-req", type=int, default=0,
                    help="success-buffer size that triggers phase 1 (N_req; 0 = 2 x --groups)")
-    g.add_argument("--phase2-frac", type=float, default=0.133,
-                   help="final fraction of --iters in phase 2, internalization (the paper's 20 of 150); "
-                        "--max-rl-minutes may stop a run before it")
-    g.add_argument("--mine-every", type=int, default=5, help="mine skills every k iterations of phases 1-2 (I_mine)")
+    g.add_argument("--phase2-frac", type=float, default=0.2,
+                   help="final fraction of --iters in phase 2, internalization (the paper: 20 of 150 = 0.133; 0.2 gives "
+                        "the default 10-iteration run two); --max-rl-minutes may stop a run before it")
+    g.add_argument("--mine-every", type=int, default=3, help="mine skills every k iterations of phases 1-2 (I_mine)")
     g.add_argument("--mine-count", type=int, default=0, help="buffered trajectories mined per round (0 = --groups)")
     g.add_argument("--miner", default="",
                    help="another local checkpoint (model + tokenizer) to mine with; empty = the policy itself")
@@ -177,7 +177,7 @@ def get_args(argv=None):
     g.add_argument("--lambda-ramp", type=int, default=2, help="phase-2 iterations over which lambda ramps up to max")
     g.add_argument("--adv-cap", type=float, default=1.0, help="distillation token weight clip(A, 0, cap)")
     g = p.add_argument_group("evaluation and checkpoints")
-    g.add_argument("--eval-every", type=int, default=6, help="evaluate every k iterations (0 = only at the end)")
+    g.add_argument("--eval-every", type=int, default=0, help="evaluate every k iterations (0 = only at the end)")
     g.add_argument("--eval-tasks", type=int, default=100, help="held-out tasks per split for periodic evaluation")
     g.add_argument("--final-eval-tasks", type=int, default=100, help="held-out tasks per split at the end")
     g.add_argument("--eval-max-steps", type=int, default=0, help="episode step cap in evaluation (0 = the env's own)")

@@ -95,7 +95,7 @@ def siri_run(policy_dir, tmp_path_factory):
              "--group-size", "4", "--train-tasks", "2", "--max-steps", "3", "--max-new-tokens", "8",
              "--eval-tasks", "1", "--final-eval-tasks", "1", "--eval-max-steps", "1", "--eval-every", "0",
              "--save-every", "1", "--phase1-min-frac", "0", "--n-req", "1", "--phase2-frac", "0.34",
-             "--keep-uniform-groups", "--lr", "1e-3", "--updates", "2", "--lambda-ramp", "5"]
+             "--keep-uniform-groups", "--lr", "1e-3", "--updates", "2", "--lambda-ramp", "5", "--mine-every", "5"]
     record, crash = [], {"at": 5}
     real_add, real_deltas, real_adv, real_rollout = (mine.SuccessBuffer.add_from_rollout, mine.paired_deltas,
                                                      gigpo.gigpo_advantages, R.rollout)
