@@ -53,7 +53,6 @@ import torch
 import bootstrap
 import distill as D
 import envs
-import gigpo
 import mine
 import model as M
 import rollout as R
@@ -213,18 +212,13 @@ def siri_iteration(policy, tok, suite, mined, a):
             if e.skill is not None:
                 e.won, e.score, last[e.traj].reward = True, 1.0, 10.0  # rollout's reward_scale x won
         print("FORCED (--force-gates): the skill half's episodes are counted as won")
-    adv = gigpo.gigpo_advantages(torch.tensor([s.reward for s in steps]), torch.tensor([s.valid for s in steps]),
-                                 torch.tensor([s.group for s in steps]), torch.tensor([s.traj for s in steps]),
-                                 torch.tensor([s.step for s in steps]), [s.anchor for s in steps],
-                                 gamma=args.gamma, invalid_penalty=args.invalid_penalty, omega=args.omega,
-                                 norm=args.norm, episode_stats=args.episode_stats)["adv"]
+    adv = train.step_advantages(steps, args)
     deltas = mine.paired_deltas(eps)  # {group: (skill id, delta_g)}
     print(f"episodes: scores {[e.score for e in eps]}, won {sum(e.won for e in eps)}/{len(eps)}; "
           f"advantages {[round(float(x), 3) for x in adv]}")
     print("delta_g per group: " + ", ".join(f"{g}: {d:+.3f} (skill {sid})" for g, (sid, d) in deltas.items()))
     delta = [deltas.get(s.group, (None, None))[1] for s in steps]
-    blocks = {sid: tok(R.format_skill(bank.skills[sid].fields), add_special_tokens=False)["input_ids"]
-              for sid in set(skill_ids) - {None}}
+    blocks = train.skill_blocks(tok, bank, set(skill_ids) - {None})
     lam = D.lambda_schedule(0, args.lambda_max, args.lambda_ramp)  # the first iteration of phase 2
     ref = M.load(a.model).eval() if args.kl_coef > 0 else None
     opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=args.weight_decay)

@@ -259,6 +259,20 @@ def describe(suite, task):
 # -----------------------------------------------------------------------------
 # the update: PPO (+ phase 2's internalization loss)
 
+def step_advantages(steps, a):
+    """GiGPO (GRPO: a.omega 0) advantages of rollout Steps under the run's flags. -> (S,) float32."""
+    return gigpo.gigpo_advantages(torch.tensor([s.reward for s in steps]), torch.tensor([s.valid for s in steps]),
+                                  torch.tensor([s.group for s in steps]), torch.tensor([s.traj for s in steps]),
+                                  torch.tensor([s.step for s in steps]), [s.anchor for s in steps],
+                                  gamma=a.gamma, invalid_penalty=a.invalid_penalty, omega=a.omega, norm=a.norm,
+                                  episode_stats=a.episode_stats)["adv"]
+
+
+def skill_blocks(tok, bank, ids):
+    """Skill id -> its block's token ids, tokenized alone as Prompter splices them (what L_int strips)."""
+    return {sid: tok(R.format_skill(bank.skills[sid].fields), add_special_tokens=False)["input_ids"] for sid in ids}
+
+
 def micro_batches(idx, lengths, budget):
     """Split sample indices into consecutive chunks of at most `budget` tokens (at least one sample each)."""
     out, cur, n = [], [], 0
@@ -508,11 +522,7 @@ def main(argv=None):
             steps, eps, st = R.rollout(policy, tok, prompter, train, tasks, a.group_size, sampling, generator=gen,
                                        skills=skills, skill_ids=skill_ids, max_steps=a.max_steps)
         t_roll = time.time() - t0
-        adv = gigpo.gigpo_advantages(torch.tensor([s.reward for s in steps]), torch.tensor([s.valid for s in steps]),
-                                     torch.tensor([s.group for s in steps]), torch.tensor([s.traj for s in steps]),
-                                     torch.tensor([s.step for s in steps]), [s.anchor for s in steps],
-                                     gamma=a.gamma, invalid_penalty=a.invalid_penalty, omega=a.omega, norm=a.norm,
-                                     episode_stats=a.episode_stats)["adv"]
+        adv = step_advantages(steps, a)
         by_group = {}
         for e in eps:
             by_group.setdefault(e.group, set()).add(round(e.score, 6))
@@ -529,8 +539,7 @@ def main(argv=None):
         if siri:
             buffer.add_from_rollout(steps, eps, it + 1)  # won plain episodes only
         lam = D.lambda_schedule(it - p2, a.lambda_max, a.lambda_ramp) if phase == 2 else 0.0
-        blocks = {sid: tok(R.format_skill(bank.skills[sid].fields), add_special_tokens=False)["input_ids"]
-                  for sid, _ in deltas.values()}  # the block's ids, tokenized alone as Prompter splices them
+        blocks = skill_blocks(tok, bank, [sid for sid, _ in deltas.values()])
         delta = [deltas.get(steps[k].group, (None, None))[1] for k in keep]
 
         policy.train()
