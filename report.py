@@ -34,7 +34,7 @@ def get_args(argv=None):
     p.add_argument("--out", default="runs/table", help="one sub-directory per run, plus table.md")
     p.add_argument("--algos", nargs="+", default=["grpo", "gigpo", "siri"], help="train.py --algo values")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="train.py --seed values")
-    p.add_argument("--workers", type=int, default=2, help="runs at once (each with --threads 1)")
+    p.add_argument("--workers", type=int, default=2, help="runs at once (each with --threads = CPU cores // workers)")
     p.add_argument("--dry-run", action="store_true", help="only print the table from the runs already finished")
     p.add_argument("--curve", default="", help="only redraw RUN_DIR/curve.png from RUN_DIR/metrics.jsonl and exit")
     a, rest = p.parse_known_args(argv)
@@ -47,12 +47,12 @@ def get_args(argv=None):
 def run_all(a):
     todo = [(algo, s) for s in a.seeds for algo in a.algos
             if not os.path.exists(os.path.join(a.out, f"{algo}_s{s}", "final.json"))]
-    running = []
+    running, threads = [], max(1, (os.cpu_count() or 1) // a.workers)
     while todo or running:
         while todo and len(running) < a.workers:
             algo, s = todo.pop(0)
             name = os.path.join(a.out, f"{algo}_s{s}")
-            cmd = [sys.executable, "train.py", "--algo", algo, "--seed", str(s), "--out", name, "--threads", "1",
+            cmd = [sys.executable, "train.py", "--algo", algo, "--seed", str(s), "--out", name, "--threads", str(threads),
                    *a.train_args]
             print("start:", " ".join(cmd), flush=True)
             running.append((name, subprocess.Popen(cmd, stdout=open(name + ".log", "w"), stderr=subprocess.STDOUT)))
