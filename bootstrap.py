@@ -148,7 +148,7 @@ def demonstrations(suite, n, seed, prompter_text, noise=0.25, skill_frac=0.0, ra
         if rng.random() < skill_frac:
             first = rng.random() < 0.5
             skill = R.format_skill(reference_skill(task.task_type, rng, first))
-        elif task.task_type in rare and rng.random() >= rare_plain:
+        elif rare and task.task_type in rare and rng.random() >= rare_plain:
             continue
         played += 1
         obs, past, done, t = env.reset(task), [], False, 0

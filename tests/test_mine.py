@@ -79,6 +79,29 @@ def test_target_first_demos_follow_their_skill():
     assert not any("hot" in p.split("|")[0] or "heat" in p.split("|")[0] for p, _, _ in plain)
 
 
+
+def test_shop_demos_replay_to_a_win():
+    """Shop demonstrations (no task types, no skills): with no noise, each episode's actions replayed in a
+    fresh env win it, and every action was admissible where it was taken."""
+    suite = envs.make("shop", "train", n_tasks=40, seed=0)
+    text = lambda task, t, past, obs, adm: (task, t, adm)
+    triples = bootstrap.demonstrations(suite, 10, 0, text, noise=0.0)
+    episodes = [[]]
+    for (task, t, adm), skill, a in triples:
+        assert skill is None
+        if t == 0 and episodes[-1]:
+            episodes.append([])
+        episodes[-1].append((task, adm, a))
+    assert len(episodes) == 10
+    env = suite.new_env()
+    by_text = {env.reset(t).task: t for t in suite.tasks}
+    for ep in episodes:
+        env.reset(by_text[ep[0][0]])
+        for _, adm, a in ep:
+            assert a in adm or a.startswith("search[")
+            obs, r, done, info = env.step(a)
+        assert done and info["won"]
+
 # -----------------------------------------------------------------------------
 # success buffer
 
