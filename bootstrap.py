@@ -34,7 +34,8 @@ instruct pre-training a real LLM brings:
 Everything is deterministic in --seed and cached: `build(...)` returns the
 checkpoint directory (model + tokenizer), rebuilt only if the settings change.
 
-    python bootstrap.py --out runs/policy --skills   # build, evaluate, measure skill following
+    python bootstrap.py --out runs/policy            # build (or reuse), evaluate on held-out tasks
+    python bootstrap.py --out runs/policy --skills   # measure skill following instead
 """
 
 import argparse
@@ -385,27 +386,45 @@ def main():
     p.add_argument("--eval-tasks", type=int, default=200, help="held-out tasks per split to evaluate the policy on")
     p.add_argument("--eval-max-steps", type=int, default=0, help="episode step cap in evaluation (0 = the env's)")
     p.add_argument("--skills", action="store_true",
-                   help="household: also measure skill following (plain vs correct vs wrong skill block, per type)")
+                   help="household: measure skill following instead (success per task type with the plain prompt, a "
+                        "correct skill block and a wrong one; per split and both splits pooled)")
     a = vars(p.parse_args())
     out, n_eval, cap, skills = a.pop("out"), a.pop("eval_tasks"), a.pop("eval_max_steps"), a.pop("skills")
     path = build(out, **a)
     from transformers import AutoTokenizer
     policy, tok = M.load(path), AutoTokenizer.from_pretrained(path)
     env_kw = {"room_size": a["room_size"]} if a["env"] == "household" else {}
+    pooled = {}
     for split in ("eval_seen", "eval_unseen"):
         suite = envs.make(a["env"], split, n_tasks=n_eval, seed=a["seed"], **env_kw)
         prompter = Prompter(tok, suite.description, history=a["history"])
+        if skills:
+            rows = skill_following(policy, tok, prompter, suite, max_steps=cap)
+            print_skill_table(f"{split} skill following (success, {n_eval} tasks)", rows)
+            env = suite.new_env()
+            types = [env.reset(task).task_type for task in suite.tasks]
+            for name, row in rows.items():  # success counts per type, to pool the two splits
+                for t, v in row.items():
+                    n = types.count(t) if t != "all" else len(types)
+                    k, m = pooled.setdefault(name, {}).get(t, (0.0, 0))
+                    pooled[name][t] = (k + v * n, m + n)
+            continue
         acc, by_verb = imitation_accuracy(policy, tok, prompter, suite)
         r = R.evaluate(policy, tok, prompter, suite, max_steps=cap)
         r1 = R.evaluate(policy, tok, prompter, suite, max_steps=cap, temperature=1.0)
         print(f"{split}: success {r['success']:.3f} (at temperature 1.0: {r1['success']:.3f}) score {r['score']:.3f} by type {r['by_type']}; "
               f"expert-action accuracy {acc:.3f} by verb {by_verb}", flush=True)
-        if skills and a["env"] == "household":
-            rows = skill_following(policy, tok, prompter, suite, max_steps=cap)
-            types = list(rows["plain"])
-            print(f"{split} skill following (success, {n_eval} tasks):\n| prompt | " + " | ".join(types) + " |")
-            for name, row in rows.items():
-                print(f"| {name} | " + " | ".join(f"{row[t]:.3f}" for t in types) + " |", flush=True)
+    if pooled:
+        n = {t: m for t, (_, m) in pooled["plain"].items()}
+        print_skill_table("both splits pooled (tasks per type: " + ", ".join(f"{t} {m}" for t, m in n.items()) + ")",
+                          {name: {t: k / m for t, (k, m) in row.items()} for name, row in pooled.items()})
+
+
+def print_skill_table(title, rows):
+    types = sorted(t for t in rows["plain"] if t != "all") + ["all"]
+    print(f"{title}:\n| prompt | " + " | ".join(types) + " |\n|---|" + "---:|" * len(types))
+    for name, row in rows.items():
+        print(f"| {name} | " + " | ".join(f"{row[t]:.3f}" for t in types) + " |", flush=True)
 
 
 if __name__ == "__main__":
