@@ -92,6 +92,19 @@ QUICK = dict(out="runs/quick", iters=4, groups=4, group_size=4, max_steps=30, ev
 QUICK_BOOTSTRAP = dict(demos=300, sft_steps=200)
 
 
+def check_checkpoint_dir(p, flag, d):
+    """One-line errors, before any work, for a checkpoint dir that model.load would reject."""
+    cfg = os.path.join(d, "config.json")
+    if not os.path.isdir(d):
+        p.error(f"{flag} {d}: no such directory")
+    if not os.path.isfile(cfg):
+        p.error(f"{flag} {d}: no config.json (an HF checkpoint directory holds config.json, weights and tokenizer)")
+    try:
+        M.ModelConfig.from_hf(json.load(open(cfg)), source=cfg)
+    except (ValueError, TypeError) as e:  # CheckpointError, or JSON that is not a config
+        p.error(f"{flag}: {e}")
+
+
 def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("run")
@@ -104,6 +117,9 @@ def get_args(argv=None):
     g.add_argument("--seed", type=int, default=0, help="seed for tasks, sampling, bootstrap and init")
     g.add_argument("--out", default="runs/default", help="output directory (metrics.jsonl, ckpt/, policy/)")
     g.add_argument("--resume", action="store_true", help="continue from --out/ckpt (same flags required)")
+    g.add_argument("--eval-only", action="store_true",
+                   help="only evaluate (plain prompt, --final-eval-tasks per split) and exit: the policy in --out/ckpt "
+                        "if there is one, else --model (else the embedded policy); writes --out/eval.json")
     g.add_argument("--device", default="cpu", help="torch device")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="policy dtype")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
@@ -196,6 +212,11 @@ def get_args(argv=None):
         p.error(f"--algo siri splits each group in half (paired validation): --group-size {a.group_size} must be even")
     if not (0 <= a.phase1_min_frac <= 1 and 0 <= a.phase2_frac <= 1 and a.mine_every >= 1):
         p.error("--phase1-min-frac and --phase2-frac must lie in [0, 1], --mine-every >= 1")
+    if a.algo == "siri" and a.phase2_frac < 1 and a.phase1_min_frac + a.phase2_frac > 1:
+        p.error(f"--phase1-min-frac {a.phase1_min_frac} + --phase2-frac {a.phase2_frac} > 1: phase 1 could never start")
+    for name, d in (("--model", a.model), ("--miner", a.miner)):
+        if d:
+            check_checkpoint_dir(p, name, d)
     a.n_req = a.n_req or 2 * a.groups
     a.mine_count = a.mine_count or a.groups
     embedded = not a.model or os.path.exists(os.path.join(a.model, "bootstrap.json"))  # a bootstrap.py policy
@@ -381,11 +402,16 @@ def main(argv=None):
     os.makedirs(a.out, exist_ok=True)
     ckpt = os.path.join(a.out, "ckpt")
     args_path = os.path.join(a.out, "args.json")
-    if a.resume:
-        if not os.path.exists(os.path.join(ckpt, "state.json")):
+    if (a.resume or a.eval_only) and not os.path.exists(ckpt) and os.path.exists(ckpt + ".old"):
+        os.replace(ckpt + ".old", ckpt)  # a crash between save_checkpoint's two renames: the last full checkpoint
+    has_ckpt = os.path.exists(os.path.join(ckpt, "state.json"))
+    if a.eval_only:
+        pass  # args.json stays the training run's
+    elif a.resume:
+        if not has_ckpt:
             raise SystemExit(f"--resume: no checkpoint at {ckpt}")
         saved = json.load(open(args_path))
-        diff = {k: (saved.get(k), v) for k, v in vars(a).items() if k not in ("resume",) and saved.get(k) != v}
+        diff = {k: (saved.get(k), v) for k, v in vars(a).items() if k not in ("resume", "eval_only") and saved.get(k) != v}
         if diff:
             raise SystemExit(f"--resume with different flags than the run in {a.out}: {diff}")
     else:
@@ -408,14 +434,15 @@ def main(argv=None):
         init_path = bootstrap.build(os.path.join(a.out, "policy"), **kw)
     dtype = getattr(torch, a.dtype)
     tok = AutoTokenizer.from_pretrained(init_path)
-    policy = M.load(ckpt if a.resume else init_path, device=a.device, dtype=dtype)
+    policy = M.load(ckpt if a.resume or (a.eval_only and has_ckpt) else init_path, device=a.device, dtype=dtype)
     ref = M.load(init_path, device=a.device, dtype=dtype).eval() if a.kl_coef > 0 else None
     opt = torch.optim.AdamW(policy.parameters(), lr=a.lr, weight_decay=a.weight_decay, betas=(0.9, 0.999))
     start, rl_clock = 0, 0.0  # rl_clock: wall clock of rollouts + updates, evaluation excluded
-    if a.resume:
-        opt.load_state_dict(torch.load(os.path.join(ckpt, "optimizer.pt")))
+    if a.resume or (a.eval_only and has_ckpt):
         state = json.load(open(os.path.join(ckpt, "state.json")))
         start, rl_clock = state["iter"], state.get("rl_s", 0.0)
+    if a.resume:
+        opt.load_state_dict(torch.load(os.path.join(ckpt, "optimizer.pt")))
         print(f"resumed from {ckpt} at iteration {start}", flush=True)
 
     # SIRI's state: phase, success buffer, skill bank; saved with every checkpoint, restored by --resume
@@ -455,6 +482,13 @@ def main(argv=None):
         log_jsonl(metrics_path, row)
         print(f"eval{' with skills' if with_skills else ''} @ {it}: " + "  ".join(f"{s} success {row[s]['success']:.3f} score {row[s]['score']:.3f}"
                                            for s in eval_suites), flush=True)
+        return row
+
+    if a.eval_only:
+        row = run_eval(start, a.final_eval_tasks)
+        row["policy"] = ckpt if has_ckpt else init_path
+        with open(os.path.join(a.out, "eval.json"), "w") as f:
+            json.dump(row, f, indent=2)
         return row
 
     pending = []  # an iteration's event rows, written with its own row: a crash mid-iteration logs none of them

@@ -192,3 +192,51 @@ def test_train_stops_at_rl_time_budget(policy_dir, tmp_path):
     assert [r["iter"] for r in rows if not r.get("eval")] == [1] and final["iter"] == 1
     assert rows[1]["trained_samples"] > 0 and rows[1]["n_tokens"] > 0  # the bf16-autocast update ran
     assert json.load(open(os.path.join(out, "ckpt", "state.json")))["iter"] == 1
+
+
+def test_bad_config_is_a_one_line_error_before_any_work(tmp_path, capsys):
+    """A missing --model dir, a dir without config.json, an unsupported architecture, unreadable config JSON and
+    phases that leave phase 1 no room each stop argparse with one line naming the problem (nothing is built)."""
+    import train
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    cases = [(["--model", str(tmp_path / "nope")], "no such directory"),
+             (["--model", str(bad)], "no config.json")]
+    for args, msg in cases:
+        with pytest.raises(SystemExit):
+            train.get_args(args)
+        assert msg in capsys.readouterr().err
+    (bad / "config.json").write_text(json.dumps(dict(M.config_dict("llama"), model_type="gpt2")))
+    with pytest.raises(SystemExit):
+        train.get_args(["--model", str(bad)])
+    assert "unsupported option model_type='gpt2'" in capsys.readouterr().err
+    (bad / "config.json").write_text("[1, 2")
+    with pytest.raises(SystemExit):
+        train.get_args(["--algo", "gigpo", "--miner", str(bad)])
+    assert "--miner" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.get_args(["--phase1-min-frac", "0.9", "--phase2-frac", "0.2"])
+    assert "phase 1 could never start" in capsys.readouterr().err
+    assert train.get_args(["--phase2-frac", "0", "--phase1-min-frac", "1"]).phase2_frac == 0  # SIRI without phase 2
+
+
+def test_eval_only_evaluates_the_checkpoint_and_leaves_the_run_alone(policy_dir, tmp_path):
+    """--eval-only on a run dir evaluates its checkpoint (not --model), writes eval.json, keeps args.json; a
+    checkpoint left as ckpt.old by a crash between the two renames is recovered."""
+    import train
+    out = str(tmp_path / "run")
+    flags = ["--algo", "gigpo", "--model", policy_dir, "--out", out, "--groups", "2", "--group-size", "2",
+             "--eval-tasks", "2", "--final-eval-tasks", "3", "--eval-every", "0", "--max-new-tokens", "8",
+             "--max-steps", "3", "--eval-max-steps", "3", "--keep-uniform-groups", "--lr", "1e-2", "--iters", "1"]
+    train.main(flags)
+    args_before = open(os.path.join(out, "args.json")).read()
+    os.replace(os.path.join(out, "ckpt"), os.path.join(out, "ckpt.old"))  # as if killed between the renames
+    row = train.main(flags + ["--eval-only", "--final-eval-tasks", "4"])
+    assert os.path.exists(os.path.join(out, "ckpt", "state.json")) and not os.path.exists(os.path.join(out, "ckpt.old"))
+    saved = json.load(open(os.path.join(out, "eval.json")))
+    assert saved["policy"] == os.path.join(out, "ckpt") and saved["iter"] == 1
+    assert saved["eval_seen"]["n"] == saved["eval_unseen"]["n"] == 4 and row["eval_seen"]["n"] == 4
+    assert open(os.path.join(out, "args.json")).read() == args_before
+    fresh = str(tmp_path / "fresh")  # no checkpoint: --model is evaluated
+    assert train.main(["--model", policy_dir, "--out", fresh, "--eval-only", "--final-eval-tasks", "2",
+                       "--eval-max-steps", "2", "--max-new-tokens", "8"])["policy"] == policy_dir
