@@ -118,8 +118,8 @@ def get_args(argv=None):
     g.add_argument("--out", default="runs/default", help="output directory (metrics.jsonl, ckpt/, policy/)")
     g.add_argument("--resume", action="store_true", help="continue from --out/ckpt (same flags required)")
     g.add_argument("--eval-only", action="store_true",
-                   help="only evaluate (plain prompt, --final-eval-tasks per split) and exit: the policy in --out/ckpt "
-                        "if there is one, else --model (else the embedded policy); writes --out/eval.json")
+                   help="only evaluate (plain prompt, --final-eval-tasks per split) and exit: the policy in the run's "
+                        "ckpt/ if there is one, else --model (else the embedded policy); writes eval.json there")
     g.add_argument("--device", default="cpu", help="torch device")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="policy dtype")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")

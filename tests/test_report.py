@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+import model as M
 import report
 import train
 
@@ -62,6 +63,10 @@ def test_quick_sets_defaults_that_explicit_flags_override():
 def test_lr_default_depends_on_the_policy(tmp_path):
     assert train.get_args([]).lr == 5e-5  # the embedded policy, built by bootstrap.py
     (tmp_path / "bootstrap.json").write_text("{}")
+    (tmp_path / "hf").mkdir()
+    for d in (tmp_path, tmp_path / "hf"):  # get_args checks that --model holds a config model.py supports
+        (d / "config.json").write_text(json.dumps(M.config_dict("llama", vocab_size=64, hidden_size=32, intermediate_size=64,
+                                                                 num_hidden_layers=1, num_attention_heads=2)))
     assert train.get_args(["--model", str(tmp_path)]).lr == 5e-5  # a bootstrap.py policy passed as --model
     assert train.get_args(["--model", str(tmp_path / "hf")]).lr == 1e-6  # any other checkpoint
     assert train.get_args(["--model", str(tmp_path / "hf"), "--lr", "3e-4"]).lr == 3e-4
