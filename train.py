@@ -405,16 +405,14 @@ def main(argv=None):
     if (a.resume or a.eval_only) and not os.path.exists(ckpt) and os.path.exists(ckpt + ".old"):
         os.replace(ckpt + ".old", ckpt)  # a crash between save_checkpoint's two renames: the last full checkpoint
     has_ckpt = os.path.exists(os.path.join(ckpt, "state.json"))
-    if a.eval_only:
-        pass  # args.json stays the training run's
-    elif a.resume:
+    if a.resume:
         if not has_ckpt:
             raise SystemExit(f"--resume: no checkpoint at {ckpt}")
         saved = json.load(open(args_path))
         diff = {k: (saved.get(k), v) for k, v in vars(a).items() if k not in ("resume", "eval_only") and saved.get(k) != v}
         if diff:
             raise SystemExit(f"--resume with different flags than the run in {a.out}: {diff}")
-    else:
+    elif not a.eval_only:  # an evaluation leaves the training run's args.json as it is
         with open(args_path, "w") as f:
             json.dump(vars(a), f, indent=2)
     torch.manual_seed(a.seed)
@@ -435,7 +433,7 @@ def main(argv=None):
     dtype = getattr(torch, a.dtype)
     tok = AutoTokenizer.from_pretrained(init_path)
     policy = M.load(ckpt if a.resume or (a.eval_only and has_ckpt) else init_path, device=a.device, dtype=dtype)
-    ref = M.load(init_path, device=a.device, dtype=dtype).eval() if a.kl_coef > 0 else None
+    ref = M.load(init_path, device=a.device, dtype=dtype).eval() if a.kl_coef > 0 and not a.eval_only else None
     opt = torch.optim.AdamW(policy.parameters(), lr=a.lr, weight_decay=a.weight_decay, betas=(0.9, 0.999))
     start, rl_clock = 0, 0.0  # rl_clock: wall clock of rollouts + updates, evaluation excluded
     if a.resume or (a.eval_only and has_ckpt):
