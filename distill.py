@@ -89,7 +89,8 @@ def vocab_logprobs(model, prompts, responses, temperature=1.0, bucket_tokens=163
     seqs = [list(p) + list(r) for p, r in zip(prompts, responses)]
     R = max(1, max(len(r) for r in responses))
     out = torch.zeros(len(seqs), R, inner.config.vocab_size, device=dev)  # (B, R, V)
-    groups = M.buckets([len(s) for s in seqs], bucket_tokens) if backend == "sdpa" else [list(range(len(seqs)))]
+    groups = (M.buckets([len(s) for s in seqs], bucket_tokens) if backend == "sdpa" and inner.score_buckets
+              else [list(range(len(seqs)))])
     for g in groups:
         g = [i for i in g if responses[i]]
         if not g:

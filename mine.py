@@ -84,21 +84,10 @@ class SuccessBuffer:
 
     def add_from_rollout(self, steps, episodes, iteration):
         """Add every won plain episode of rollout.rollout's (steps, episodes); returns how many were added."""
-        acts = {}
-        for s in steps:
-            if s.skill is None:
-                acts.setdefault(s.traj, []).append((s.step, s.action))
-        n = 0
-        for e in episodes:
-            if not e.won or e.skill is not None:
-                continue
-            done = sorted(acts.get(e.traj, []))
-            assert [t for t, _ in done] == list(range(e.steps)), \
-                f"trajectory {e.traj}: plain steps {[t for t, _ in done]} for an episode of {e.steps} steps"
-            text = getattr(e, "task_text", "") or getattr(e.task, "text", e.task)  # a shop task has no .text
-            self.add(text, e.task_type, [a for _, a in done], iteration)
-            n += 1
-        return n
+        wins = successes(steps, episodes)
+        for w in wins:
+            self.add(*w, iteration)
+        return len(wins)
 
     def sample(self, k, rng, key=None):
         """Up to k trajectories to mine (of one key if given), round robin over the keys in rng's order; within a
@@ -128,6 +117,25 @@ class SuccessBuffer:
         buf = cls(d["capacity"])
         buf.n_added, buf.items = d["n_added"], [Success(**x) for x in d["items"]]
         return buf
+
+
+def successes(steps, episodes):
+    """(task text, task type, actions) of every won plain episode of rollout.rollout's (steps, episodes), in
+    episode order: what SuccessBuffer.add takes (train.py gathers these from every rank)."""
+    acts = {}
+    for s in steps:
+        if s.skill is None:
+            acts.setdefault(s.traj, []).append((s.step, s.action))
+    out = []
+    for e in episodes:
+        if not e.won or e.skill is not None:
+            continue
+        done = sorted(acts.get(e.traj, []))
+        assert [t for t, _ in done] == list(range(e.steps)), \
+            f"trajectory {e.traj}: plain steps {[t for t, _ in done]} for an episode of {e.steps} steps"
+        text = getattr(e, "task_text", "") or getattr(e.task, "text", e.task)  # a shop task has no .text
+        out.append((text, e.task_type, [a for _, a in done]))
+    return out
 
 
 # -----------------------------------------------------------------------------

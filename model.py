@@ -330,6 +330,7 @@ class Transformer(nn.Module):
         self.attn_backend = "auto"
         self.grad_checkpointing = False  # activation checkpointing per decoder layer (training only)
         self.logit_chunk = 1024  # response tokens per full-vocabulary logits chunk in score()
+        self.score_buckets = True  # False: score() in one padded forward (FSDP2: the same forwards on every rank)
 
     def rope_tables(self, device):
         """cos/sin for every position, float32, computed the way transformers does (cat(f, f))."""
@@ -446,13 +447,14 @@ def load(path, device="cpu", dtype=None, attn_backend="auto"):
     return model.eval()
 
 
-def save(model, path, max_shard_bytes=5 * 2**30):
-    """Write config.json + safetensors (sharded above max_shard_bytes) in HF format, each file atomically."""
+def save(model, path, max_shard_bytes=5 * 2**30, state=None):
+    """Write config.json + safetensors (sharded above max_shard_bytes) in HF format, each file atomically.
+    state: the model's state dict if not model.state_dict() (e.g. the full one gathered from FSDP2 shards)."""
     from safetensors.torch import save_file
 
     os.makedirs(path, exist_ok=True)
     cfg = model.config
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+    state = {k: v.detach().contiguous().cpu() for k, v in (model.state_dict() if state is None else state).items()
              if not (cfg.tie_word_embeddings and k == "lm_head.weight")}
     shards, cur, size = [], {}, 0
     for k, t in state.items():
@@ -585,7 +587,7 @@ def score(model, prompts, responses, bucket_tokens=16384, temperature=1.0):
     R = max(1, max(len(r) for r in responses))
     logp, ent = torch.zeros(len(seqs), R, device=dev), torch.zeros(len(seqs), R, device=dev)
     lens = [len(s) for s in seqs]
-    groups = buckets(lens, bucket_tokens) if backend == "sdpa" else [list(range(len(seqs)))]
+    groups = buckets(lens, bucket_tokens) if backend == "sdpa" and inner.score_buckets else [list(range(len(seqs)))]
     for g in groups:
         g = [i for i in g if responses[i]]
         if not g:

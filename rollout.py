@@ -22,6 +22,9 @@ Contract
   validity, anchor, group, trajectory, step index, skill). Reward is
   reward_scale x won at the winning step (SPEC 4: 10 x won), else 0; episodes
   cut by the step cap get none; envs that finish are not stepped again.
+  An exception from env.reset / env.step (env_errors): "raise" stops with a
+  RuntimeError naming the env, task, step and action; "fail" ends that episode
+  as failed (Episode.env_error, counted in stats["env_errors"]) and goes on.
 - `evaluate(...)` runs one episode per task with the plain prompt only and
   reports success (and the shop's [0,1] score) overall and per task type.
 
@@ -39,6 +42,7 @@ from dataclasses import dataclass
 import torch
 
 import model as M
+from envs import Observation
 
 SKILL_MARK = "\u2063SKILL\u2063"  # invisible separator: never produced by an env or a skill
 
@@ -145,6 +149,7 @@ class Episode:
     skill: object = None
     truncated: bool = False
     task_text: str = ""  # the task as the agent read it (household tasks have .text, shop tasks .instruction)
+    env_error: bool = False  # ended by an exception in the env (env_errors="fail"), counted as failed
 
 
 @dataclass
@@ -155,13 +160,38 @@ class Sampling:
     max_new_tokens: int = 32
 
 
+ENV_ERRORS = ("raise", "fail")
+
+
+def _env_error(suite, task, t, action, e):
+    """The one-line RuntimeError of env_errors="raise": which env, task, step and action, and what it raised."""
+    name = getattr(suite, "name", "") or type(suite).__name__
+    task = task if isinstance(task, str) else repr(task)
+    task = task if len(task) <= 200 else task[:197] + "..."
+    where = "reset" if action is None else f"step {t} on action {action!r}"
+    what = " ".join(f"{type(e).__name__}: {e}".split())  # one line even if the env's message has several
+    return RuntimeError(f"env {name!r} raised at {where} of task {task!r}: {what}")
+
+
+def _failed_reset(task):
+    """Stand-in observation when env.reset raised (env_errors="fail"): the Episode still needs the task's text
+    and type (evaluate tallies by type), taken from the task's own fields where it has the usual ones."""
+    text = getattr(task, "text", None) or getattr(task, "instruction", None) or repr(task)
+    kind = getattr(task, "task_type", None) or getattr(task, "category", None) or "unknown"
+    return Observation("", "", (), text, kind)
+
+
 @torch.no_grad()
 def rollout(model, tokenizer, prompter, suite, tasks, n, sampling, generator=None, skills=None, skill_ids=None,
-            traj_base=0, group_base=0, reward_scale=10.0, stop_ids=None, max_steps=0):
+            traj_base=0, group_base=0, reward_scale=10.0, stop_ids=None, max_steps=0, env_errors="raise"):
     """Play len(tasks) groups of n envs each, all in lockstep. skills: per env the skill block text or None.
     max_steps > 0 cuts episodes earlier than the env's own cap (no terminal reward, like the env's cap).
+    env_errors: "raise" (a RuntimeError naming env, task, step and action) or "fail" (that episode ends failed,
+    its failing step still a sample with reward 0; the other envs go on).
 
     Returns (steps, episodes, stats)."""
+    if env_errors not in ENV_ERRORS:
+        raise ValueError(f"env_errors={env_errors!r}: must be one of {ENV_ERRORS}")
     E = len(tasks) * n
     skills = skills or [None] * E
     skill_ids = skill_ids or [None] * E
@@ -169,10 +199,17 @@ def rollout(model, tokenizer, prompter, suite, tasks, n, sampling, generator=Non
     stop_ids = stop_ids if stop_ids is not None else [tokenizer.eos_token_id]
     envs = [suite.new_env() for _ in range(E)]
     task_of = [tasks[i // n] for i in range(E)]
-    obs = [env.reset(t) for env, t in zip(envs, task_of)]
+    obs, failed = [None] * E, [False] * E
+    for i in range(E):
+        try:
+            obs[i] = envs[i].reset(task_of[i])
+        except Exception as e:
+            if env_errors == "raise":
+                raise _env_error(suite, task_of[i], 0, None, e) from e
+            obs[i], failed[i] = _failed_reset(task_of[i]), True
     past = [[] for _ in range(E)]
     infos = [None] * E
-    live = list(range(E))
+    live = [i for i in range(E) if not failed[i]]
     steps, gen_s, env_s, n_tokens = [], 0.0, 0.0, 0
     cap = min(max_steps, suite.max_steps) if max_steps > 0 else suite.max_steps
     for t in range(cap):
@@ -189,7 +226,13 @@ def rollout(model, tokenizer, prompter, suite, tasks, n, sampling, generator=Non
         for k, (i, resp) in enumerate(zip(live, out.lists())):
             n_tokens += len(resp)
             action, valid = project(tokenizer.decode(resp, skip_special_tokens=True), prompter.think)
-            new, r, done, info = envs[i].step(action)
+            try:
+                new, r, done, info = envs[i].step(action)
+            except Exception as e:
+                if env_errors == "raise":
+                    raise _env_error(suite, obs[i].task, t, action, e) from e
+                # the step stays a sample (reward 0) so steps and Episode.steps agree; the env is not stepped again
+                new, done, info, failed[i] = obs[i], True, dict(won=False, score=0.0), True
             steps.append(Step(prompts[k], resp, out.logprobs[k, :len(resp)].tolist(), reward_scale * float(info["won"]),
                               valid, obs[i].anchor, group_base + i // n, traj_base + i, t, skill_ids[i], action))
             past[i].append((obs[i].text, action))
@@ -202,15 +245,17 @@ def rollout(model, tokenizer, prompter, suite, tasks, n, sampling, generator=Non
         live = still
     episodes = [Episode(group_base + i // n, traj_base + i, task_of[i], obs[i].task_type,
                         bool(infos[i] and infos[i]["won"]), float(infos[i]["score"]) if infos[i] else 0.0,
-                        len(past[i]), skill_ids[i], bool(infos[i] and infos[i].get("truncated")), obs[i].task)
+                        len(past[i]), skill_ids[i], bool(infos[i] and infos[i].get("truncated")), obs[i].task,
+                        failed[i])
                 for i in range(E)]
-    return steps, episodes, dict(gen_s=gen_s, env_s=env_s, gen_tokens=n_tokens)
+    return steps, episodes, dict(gen_s=gen_s, env_s=env_s, gen_tokens=n_tokens, env_errors=sum(failed))
 
 
 def evaluate(model, tokenizer, prompter, suite, tasks=None, temperature=0.4, batch=64, seed=0, max_new_tokens=32,
-             max_steps=0, skill_of=None):
+             max_steps=0, skill_of=None, env_errors="raise"):
     """Success on a task list: overall, per task type, and the mean [0,1] score. The plain prompt, unless
-    skill_of (task -> skill block or None) puts a skill in it (to measure skill following)."""
+    skill_of (task -> skill block or None) puts a skill in it (to measure skill following). env_errors: as in
+    rollout ("fail": such an episode counts as failed)."""
     tasks = suite.tasks if tasks is None else tasks
     g = torch.Generator(device=_device(model)).manual_seed(seed)
     eps = []
@@ -218,12 +263,14 @@ def evaluate(model, tokenizer, prompter, suite, tasks=None, temperature=0.4, bat
         chunk = tasks[s:s + batch]
         eps += rollout(model, tokenizer, prompter, suite, chunk, 1,
                        Sampling(temperature=temperature, max_new_tokens=max_new_tokens), generator=g, traj_base=s,
-                       max_steps=max_steps, skills=[skill_of(t) for t in chunk] if skill_of else None)[1]
+                       max_steps=max_steps, skills=[skill_of(t) for t in chunk] if skill_of else None,
+                       env_errors=env_errors)[1]
     by_type = {}
     for e in eps:
         by_type.setdefault(e.task_type, []).append(e.won)
     return dict(success=sum(e.won for e in eps) / len(eps), score=sum(e.score for e in eps) / len(eps),
-                n=len(eps), by_type={k: sum(v) / len(v) for k, v in sorted(by_type.items())})
+                n=len(eps), by_type={k: sum(v) / len(v) for k, v in sorted(by_type.items())},
+                by_type_n={k: len(v) for k, v in sorted(by_type.items())})
 
 
 def _device(model):

@@ -70,6 +70,7 @@ Departures from the GiGPO setup (SPEC 3) and SIRI's unpublished choices, all fla
 
 import argparse
 import json
+import math
 import os
 import random
 import shutil
@@ -82,6 +83,7 @@ import envs
 import gigpo
 import mine
 import model as M
+import parallel as P
 import report
 import rollout as R
 
@@ -123,6 +125,9 @@ def get_args(argv=None):
     g.add_argument("--device", default="cpu", help="torch device")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="policy dtype")
     g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    g.add_argument("--shard", default="ddp", choices=["ddp", "fsdp"],
+                   help="under torchrun: ddp (a model that fits one device) or fsdp (FSDP2 fully_shard per layer)")
+    g.add_argument("--grad-ckpt", action="store_true", help="activation checkpointing per decoder layer in the update")
     g.add_argument("--amp", action="store_true",
                    help="bfloat16 autocast for generation and training forwards (float32 weights and optimizer)")
     g.add_argument("--quick", action="store_true",
@@ -145,6 +150,9 @@ def get_args(argv=None):
                    help="size of the training task pool (0 = the whole train split; small = an overfitting check)")
     g.add_argument("--max-steps", type=int, default=0,
                    help="episode step cap in training rollouts (0 = the env's own: 50 household, 15 shop)")
+    g.add_argument("--env-errors", default="raise", choices=["raise", "fail"],
+                   help="an exception in the environment: raise (stop, naming env, task and action) or fail "
+                        "(end that episode as failed, go on; counted as env_errors in the metrics)")
     g = p.add_argument_group("GiGPO / PPO")
     g.add_argument("--lr", type=float, default=0.0, help="AdamW learning rate (0 = 5e-5 for a bootstrap.py policy, 1e-6 for any other --model)")
     g.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up over this many optimizer steps")
@@ -168,6 +176,8 @@ def get_args(argv=None):
     g.add_argument("--weighting", default="token", choices=["token", "traj"],
                    help="token: every response token of the mini-batch alike (verl's token-mean); traj: advantages "
                         "scaled so every trajectory weighs the same in total, whatever its length")
+    g.add_argument("--max-bad-steps", type=int, default=5,
+                   help="stop after this many optimizer updates in a row skipped for a non-finite loss or gradient")
     g.add_argument("--recompute-old-logp", action="store_true", help="recompute old log-probs with the training forward")
     g = p.add_argument_group("SIRI (--algo siri)")
     g.add_argument("--phase1-min-frac", type=float, default=0.1,
@@ -210,8 +220,8 @@ def get_args(argv=None):
         a.omega = 0.0
     if a.algo == "siri" and (a.group_size < 2 or a.group_size % 2):
         p.error(f"--algo siri splits each group in half (paired validation): --group-size {a.group_size} must be even")
-    if not (0 <= a.phase1_min_frac <= 1 and 0 <= a.phase2_frac <= 1 and a.mine_every >= 1):
-        p.error("--phase1-min-frac and --phase2-frac must lie in [0, 1], --mine-every >= 1")
+    if not (0 <= a.phase1_min_frac <= 1 and 0 <= a.phase2_frac <= 1 and a.mine_every >= 1 and a.n_req >= 0):
+        p.error("--phase1-min-frac and --phase2-frac must lie in [0, 1], --mine-every >= 1, --n-req >= 0")
     if a.algo == "siri" and a.phase2_frac < 1 and a.phase1_min_frac + a.phase2_frac > 1:
         p.error(f"--phase1-min-frac {a.phase1_min_frac} + --phase2-frac {a.phase2_frac} > 1: phase 1 could never start")
     for name, d in (("--model", a.model), ("--miner", a.miner)):
@@ -236,19 +246,23 @@ def log_jsonl(path, row):
 
 def save_checkpoint(out, policy, opt, state, write_extra=None):
     """Write ckpt.tmp fully, then swap it in: a crash leaves either the old or the new checkpoint.
-    write_extra(dir), if given, writes more files (SIRI's bank and buffer) into it before the swap."""
-    tmp, final, old = (os.path.join(out, d) for d in ("ckpt.tmp", "ckpt", "ckpt.old"))
-    shutil.rmtree(tmp, ignore_errors=True)
-    M.save(policy, tmp)
-    torch.save(opt.state_dict(), os.path.join(tmp, "optimizer.pt"))
-    with open(os.path.join(tmp, "state.json"), "w") as f:
-        json.dump(state, f)
-    if write_extra:
-        write_extra(tmp)
-    if os.path.exists(final):
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    write_extra(dir), if given, writes more files (SIRI's bank and buffer) into it before the swap.
+    Every rank calls it (FSDP2 gathers the full state); rank 0 writes."""
+    msd, osd = P.state_dicts(policy, opt)
+    if P.master():
+        tmp, final, old = (os.path.join(out, d) for d in ("ckpt.tmp", "ckpt", "ckpt.old"))
+        shutil.rmtree(tmp, ignore_errors=True)
+        M.save(P.inner(policy), tmp, state=msd)
+        torch.save(osd, os.path.join(tmp, "optimizer.pt"))
+        with open(os.path.join(tmp, "state.json"), "w") as f:
+            json.dump(state, f)
+        if write_extra:
+            write_extra(tmp)
+        if os.path.exists(final):
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    P.barrier()
 
 
 # -----------------------------------------------------------------------------
@@ -313,9 +327,10 @@ def amp(a):
 def internalization_loss(policy, steps, w, blocks, total_weight, a):
     """L_int (distill.py) on skill samples: teacher = their prompts (skill block in, no gradient), student = the
     same prompts with exactly the block removed; both score the responses sampled under the skill.
-    w (B, R') gate weights (R' >= the longest response); blocks: skill id -> the block's token ids."""
+    w (B, R') gate weights (R' >= the longest response); blocks: skill id -> the block's token ids (a sample
+    without a skill, only ever a zero-weight filler, is its own student)."""
     resps = [s.response for s in steps]
-    student = [D.strip_skill(s.prompt, blocks[s.skill]) for s in steps]
+    student = [D.strip_skill(s.prompt, blocks[s.skill]) if s.skill in blocks else s.prompt for s in steps]
     w = w[:, :max(1, max(map(len, resps)))]  # (B, R) as the log-probs below
     with amp(a):
         if a.distill == "kl":
@@ -327,33 +342,48 @@ def internalization_loss(policy, steps, w, blocks, total_weight, a):
     return D.distill_loss(stud, teacher, w.to(stud.device), kind=a.distill, total_weight=total_weight)
 
 
-def train_step(policy, ref, opt, steps, adv, a, rng, delta=None, blocks=None, lam=0.0):
-    """One epoch of PPO over the step samples in a.updates mini-batches. Returns mean metrics.
+def train_step(policy, ref, opt, steps, adv, a, rng, delta, blocks, lam, spare, streak=0):
+    """One epoch of PPO over this rank's step samples in a.updates mini-batches. Returns (metrics averaged
+    over all ranks' tokens, with skipped_updates; backward passes made; updates skipped in a row so far).
+
     Phase 2 (lam > 0): each mini-batch also gets lam * L_int on its samples that pass the gates (delta: per
     sample, delta_g of its group or None without a skill; blocks: skill id -> block ids), micro-batch by
     micro-batch into the same gradient before the mini-batch's optimizer step; L_int is normalised by the
-    mini-batch's gate-weight sum, so the micro-batch pieces add up to it exactly."""
-    order = list(range(len(steps)))
-    rng.shuffle(order)
+    mini-batch's gate-weight sum, so the micro-batch pieces add up to it exactly.
+
+    Across ranks (parallel.py): token and weight sums are global and the losses are scaled by W, so the
+    gradient mean over ranks is the exact token mean of the whole mini-batch; every rank runs the same number
+    of micro-batches, forwards and backwards: a rank short of samples runs `spare` (any Step) at weight 0.
+    A mini-batch whose loss or gradient norm is not finite is skipped (no optimizer step) and counted; after
+    a.max_bad_steps in a row (streak: the count carried in from earlier iterations) the run stops."""
+    W_ = P.WORLD
+    steps, adv, delta = steps + [spare], torch.cat([adv, torch.zeros(1)]), delta + [None]
+    dummy = len(steps) - 1
+    order = list(range(dummy))
+    rng.shuffle(order)  # rng's last use in the iteration: its stream may differ across ranks from here on
     lengths = [len(s.prompt) + len(s.response) for s in steps]
-    metrics = {}
-    n_gated = n_resp = 0
+    metrics, n_gated, n_resp, n_bwd, skipped, ratio_max = {}, 0, 0, 0, 0, 0.0
     for u in range(a.updates):
         mb = order[u * len(order) // a.updates:(u + 1) * len(order) // a.updates]
-        n_tok = sum(len(steps[i].response) for i in mb)
-        if n_tok == 0:
-            continue
-        W = 0.0
-        if lam > 0:  # gates for the whole mini-batch first: their sum normalises every micro-batch's L_int
-            row = {i: j for j, i in enumerate(mb)}
+        n_tok_local = sum(len(steps[i].response) for i in mb)
+        w_mb, W_local = None, 0.0
+        if lam > 0 and mb:  # gates for the whole mini-batch first: their sum normalises every micro-batch's L_int
             resp_mask = torch.zeros(len(mb), max(len(steps[i].response) for i in mb))  # (B_mb, R_mb)
             for j, i in enumerate(mb):
                 resp_mask[j, :len(steps[i].response)] = 1
             w_mb = D.gate_weights([steps[i].skill is not None for i in mb], [delta[i] for i in mb], adv[mb],
                                   resp_mask, cap=a.adv_cap)  # (B_mb, R_mb)
-            W, n_gated, n_resp = float(w_mb.sum()), n_gated + int((w_mb > 0).sum()), n_resp + n_tok
+            W_local, n_gated, n_resp = float(w_mb.sum()), n_gated + int((w_mb > 0).sum()), n_resp + n_tok_local
+        chunks = micro_batches(mb, lengths, a.micro_tokens)
+        n_tok, W, K = *P.all_sum([n_tok_local, W_local]), int(P.all_max([len(chunks)])[0])
+        if n_tok == 0:  # the same on every rank
+            continue
+        row = {i: j for j, i in enumerate(mb)}
+        loss_sum = 0.0
         opt.zero_grad(set_to_none=True)
-        for chunk in micro_batches(mb, lengths, a.micro_tokens):
+        for chunk in chunks + [None] * (K - len(chunks)):
+            scale = 1.0 if chunk else 0.0  # None: a zero-weight filler pass (equal collectives on every rank)
+            chunk = chunk or [dummy]
             prompts, resps = [steps[i].prompt for i in chunk], [steps[i].response for i in chunk]
             with amp(a):
                 logp, ent = M.score(policy, prompts, resps, temperature=a.temperature)
@@ -371,39 +401,98 @@ def train_step(policy, ref, opt, steps, adv, a, rng, delta=None, blocks=None, la
                     ref_logp = M.score(ref, prompts, resps, temperature=a.temperature)[0]
             loss, m = gigpo.policy_loss(logp, old, adv[chunk].to(logp.device), mask, ref_logp=ref_logp, entropy=ent,
                                         clip_low=a.clip, clip_high=a.clip, dual_clip=a.dual_clip,
-                                        entropy_coef=a.entropy_coef, kl_coef=a.kl_coef, total_tokens=n_tok)
-            loss.backward()
-            gated = [i for i in chunk if W > 0 and bool((w_mb[row[i]] > 0).any())]
-            if gated:  # L = L_base + beta L_KL(ref) + lambda L_int on the gated subset of this micro-batch; its own
-                # backward (the gradients add up in .grad) frees the base graph before the (B, R, V) forwards
-                l_int, _ = internalization_loss(policy, [steps[i] for i in gated], w_mb[[row[i] for i in gated]],
-                                                blocks, W, a)
+                                        entropy_coef=a.entropy_coef, kl_coef=a.kl_coef, total_tokens=n_tok / W_)
+            (loss * scale).backward()
+            n_bwd += 1
+            loss_sum += float(loss.detach()) * scale / W_
+            if lam > 0:  # L = L_base + beta L_KL(ref) + lambda L_int on the gated subset of this micro-batch; its
+                # own backward (the gradients add up in .grad) frees the base graph before the (B, R, V) forwards
+                gated = [i for i in chunk if i != dummy and bool((w_mb[row[i]] > 0).any())]
+                wts = (w_mb[[row[i] for i in gated]] if gated else  # none here: a zero-weight pass on one sample
+                       torch.zeros(1, max(1, len(steps[chunk[0]].response))))
+                l_int, _ = internalization_loss(policy, [steps[i] for i in gated or chunk[:1]], wts, blocks,
+                                                max(W, 1e-12) / W_, a)
                 (lam * l_int).backward()
-                metrics["distill_loss"] = metrics.get("distill_loss", 0.0) + float(l_int.detach()) / a.updates
-            w = float(mask.sum()) / n_tok
+                n_bwd += 1
+                loss_sum += lam * float(l_int.detach()) / W_
+                metrics["distill_loss"] = metrics.get("distill_loss", 0.0) + float(l_int.detach()) / W_ / a.updates
+            w = scale * float(mask.sum()) / n_tok  # this chunk's share of all ranks' tokens: summed below
             for k, v in m.items():
-                if isinstance(v, (int, float)):
+                if k == "ratio_max":
+                    ratio_max = max(ratio_max, v if scale else 0.0)
+                elif k not in ("n_tokens", "pg_loss_agg"):  # (per-call diagnostics)
                     metrics[k] = metrics.get(k, 0.0) + v * w / a.updates
         gn = torch.nn.utils.clip_grad_norm_(policy.parameters(), a.grad_clip)
-        metrics["grad_norm"] = metrics.get("grad_norm", 0.0) + float(gn) / a.updates
+        gn = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)  # FSDP2: a DTensor
+        bad = P.all_max([float(not (math.isfinite(gn) and math.isfinite(loss_sum)))])[0] > 0
+        if bad:  # NaN / inf: no step; every rank decides alike (gn is global, the flag is reduced)
+            skipped, streak = skipped + 1, streak + 1
+            opt.zero_grad(set_to_none=True)
+            P.print0(f"skipped update {u + 1}/{a.updates}: loss {loss_sum:.4g}, grad norm {gn:.4g} ({streak} in a row)")
+            if streak >= a.max_bad_steps:
+                raise SystemExit(f"stopping: {streak} optimizer updates in a row had a non-finite loss or gradient "
+                                 f"norm (--max-bad-steps {a.max_bad_steps}); the last checkpoint is untouched. "
+                                 f"Try a lower --lr, --dtype float32 or --recompute-old-logp")
+            continue
+        streak = 0
+        metrics["grad_norm"] = metrics.get("grad_norm", 0.0) + gn / W_ / a.updates  # (summed over ranks below)
         n_steps = opt.state[opt.param_groups[0]["params"][0]].get("step", 0)  # survives --resume
         for group in opt.param_groups:
             group["lr"] = a.lr * min(1.0, (float(n_steps) + 1) / a.warmup) if a.warmup else a.lr
         opt.step()
+    keys = sorted(metrics)  # the same keys on every rank (every rank ran every pass)
+    metrics = dict(zip(keys, P.all_sum([metrics[k] for k in keys])), ratio_max=P.all_max([ratio_max])[0])
     if lam > 0:  # the fraction of response tokens that taught (distill_loss: L_int per mini-batch, unscaled)
-        metrics["gate_frac"] = n_gated / max(n_resp, 1)
-    return metrics
+        g, r = P.all_sum([n_gated, n_resp])
+        metrics["gate_frac"] = g / max(r, 1)
+    metrics["skipped_updates"] = skipped
+    return metrics, n_bwd, streak
+
+
+def resume_metrics(path, it):
+    """--resume: keep the metrics rows up to the checkpoint's iteration (rows logged after it, and a line cut
+    short by the crash, are dropped: the resumed run logs those iterations again). Atomic rewrite."""
+    if not os.path.exists(path):
+        return
+    keep = []
+    for line in open(path):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("iter", 0) <= it:
+            keep.append(line if line.endswith("\n") else line + "\n")
+    with open(path + ".tmp", "w") as f:
+        f.writelines(keep)
+    os.replace(path + ".tmp", path)
+
+
+def merge_evals(rs):
+    """One evaluation dict from the ranks' dicts (rollout.evaluate's) on disjoint task shares."""
+    n = sum(r["n"] for r in rs)
+    by_n = {}
+    for r in rs:
+        for k, c in r["by_type_n"].items():
+            by_n[k] = by_n.get(k, 0) + c
+    return dict(success=sum(r["success"] * r["n"] for r in rs) / n, score=sum(r["score"] * r["n"] for r in rs) / n,
+                n=n, by_type={k: sum(r["by_type"].get(k, 0) * r["by_type_n"].get(k, 0) for r in rs) / c
+                              for k, c in sorted(by_n.items())}, by_type_n=dict(sorted(by_n.items())))
 
 
 def main(argv=None):
     a = get_args(argv)
+    dev = P.init(a.device)  # this rank's device ('cuda' -> 'cuda:LOCAL_RANK')
+    if a.groups % P.WORLD:
+        raise SystemExit(f"--groups {a.groups} must be a multiple of the {P.WORLD} ranks (whole groups per rank)")
     if a.threads:
         torch.set_num_threads(a.threads)
     os.makedirs(a.out, exist_ok=True)
     ckpt = os.path.join(a.out, "ckpt")
     args_path = os.path.join(a.out, "args.json")
-    if (a.resume or a.eval_only) and not os.path.exists(ckpt) and os.path.exists(ckpt + ".old"):
+    metrics_path = os.path.join(a.out, "metrics.jsonl")
+    if P.master() and (a.resume or a.eval_only) and not os.path.exists(ckpt) and os.path.exists(ckpt + ".old"):
         os.replace(ckpt + ".old", ckpt)  # a crash between save_checkpoint's two renames: the last full checkpoint
+    P.barrier()
     has_ckpt = os.path.exists(os.path.join(ckpt, "state.json"))
     if a.resume:
         if not has_ckpt:
@@ -412,7 +501,7 @@ def main(argv=None):
         diff = {k: (saved.get(k), v) for k, v in vars(a).items() if k not in ("resume", "eval_only") and saved.get(k) != v}
         if diff:
             raise SystemExit(f"--resume with different flags than the run in {a.out}: {diff}")
-    elif not a.eval_only:  # an evaluation leaves the training run's args.json as it is
+    elif not a.eval_only and P.master():  # an evaluation leaves the training run's args.json as it is
         with open(args_path, "w") as f:
             json.dump(vars(a), f, indent=2)
     torch.manual_seed(a.seed)
@@ -420,30 +509,37 @@ def main(argv=None):
 
     from transformers import AutoTokenizer
     init_path = a.model
-    if not init_path:
+    if not init_path:  # rank 0 builds the embedded policy (or finds it built), the others wait and load it
         import bootstrap
-        kw = dict(env=a.env, seed=a.seed, history=a.history)
-        if a.env == "household":
-            kw["room_size"] = a.room_size
-        if a.quick:
-            kw.update(QUICK_BOOTSTRAP)
-        if a.bootstrap_demos:
-            kw["demos"] = a.bootstrap_demos
-        init_path = bootstrap.build(os.path.join(a.out, "policy"), **kw)
+        kw = dict(env=a.env, seed=a.seed, history=a.history, **({"room_size": a.room_size} if a.env == "household" else {}),
+                  **(QUICK_BOOTSTRAP if a.quick else {}), **({"demos": a.bootstrap_demos} if a.bootstrap_demos else {}))
+        init_path = os.path.join(a.out, "policy")
+        if P.master():
+            bootstrap.build(init_path, **kw)
+        P.barrier()
     dtype = getattr(torch, a.dtype)
     tok = AutoTokenizer.from_pretrained(init_path)
-    policy = M.load(ckpt if a.resume or (a.eval_only and has_ckpt) else init_path, device=a.device, dtype=dtype)
-    ref = M.load(init_path, device=a.device, dtype=dtype).eval() if a.kl_coef > 0 and not a.eval_only else None
+    resumed = a.resume or (a.eval_only and has_ckpt)
+    policy = M.load(ckpt if resumed else init_path, device=dev, dtype=dtype)
+    policy.grad_checkpointing = a.grad_ckpt
+    policy = P.wrap(policy, a.shard)
+    ref = None
+    if a.kl_coef > 0 and not a.eval_only:  # the frozen initial policy; sharded like the policy under FSDP
+        ref = M.load(init_path, device=dev, dtype=dtype).requires_grad_(False)
+        ref = P.wrap(ref, "fsdp") if P.is_fsdp(policy) else ref
     opt = torch.optim.AdamW(policy.parameters(), lr=a.lr, weight_decay=a.weight_decay, betas=(0.9, 0.999))
-    start, rl_clock = 0, 0.0  # rl_clock: wall clock of rollouts + updates, evaluation excluded
-    if a.resume or (a.eval_only and has_ckpt):
+    start, rl_clock, streak = 0, 0.0, 0  # rl_clock: wall clock of rollouts + updates (evaluation excluded)
+    if resumed:
         state = json.load(open(os.path.join(ckpt, "state.json")))
-        start, rl_clock = state["iter"], state.get("rl_s", 0.0)
+        start, rl_clock, streak = state["iter"], state.get("rl_s", 0.0), state.get("bad_streak", 0)
     if a.resume:
-        opt.load_state_dict(torch.load(os.path.join(ckpt, "optimizer.pt")))
-        print(f"resumed from {ckpt} at iteration {start}", flush=True)
+        P.load_optimizer(policy, opt, os.path.join(ckpt, "optimizer.pt"))
+        if P.master():
+            resume_metrics(metrics_path, start)
+        P.print0(f"resumed from {ckpt} at iteration {start}")
 
-    # SIRI's state: phase, success buffer, skill bank; saved with every checkpoint, restored by --resume
+    # SIRI's state: phase, success buffer, skill bank; saved with every checkpoint, restored by --resume.
+    # Every rank holds the same buffer (won episodes are gathered); the bank changes on rank 0 and is broadcast.
     siri = a.algo == "siri"
     p2 = phase2_start(a.iters, a.phase2_frac)
     buffer = mine.SuccessBuffer()
@@ -457,43 +553,44 @@ def main(argv=None):
     n_events = len(bank.events)  # lifecycle events already logged
     miner, miner_tok = policy, tok  # SIRI: the current weights (mine.mine runs under torch.no_grad)
     if siri and a.miner:
-        miner, miner_tok = M.load(a.miner, device=a.device, dtype=dtype).eval(), AutoTokenizer.from_pretrained(a.miner)
+        miner, miner_tok = M.load(a.miner, device=dev, dtype=dtype).eval(), AutoTokenizer.from_pretrained(a.miner)
 
     train = envs.make(a.env, "train", seed=a.seed, **({"n_tasks": a.train_tasks} if a.train_tasks else {}), **env_kw)
     prompter = R.Prompter(tok, train.description, history=a.history, think=a.think, max_prompt_tokens=a.max_prompt_tokens)
     eval_suites = {s: envs.make(a.env, s, n_tasks=a.final_eval_tasks, seed=a.seed, **env_kw)
                    for s in ("eval_seen", "eval_unseen")}
-    metrics_path = os.path.join(a.out, "metrics.jsonl")
     sampling = R.Sampling(temperature=a.temperature, max_new_tokens=a.max_new_tokens)
 
-    def run_eval(it, n, with_skills=False):
+    def run_eval(it, n, with_skills=False):  # each rank plays every W-th task; rank 0 logs the merged result
         row = {"iter": it, "eval": True, "rl_s": rl_clock, **({"with_skills": True} if with_skills else {})}
         for s, suite in eval_suites.items():
             def skill_of(task):  # the best active skill of the task's key, or none (--eval-with-skills)
                 sk = bank.retrieve(*describe(suite, task), None, explore=False)
                 return R.format_skill(sk.fields) if sk else None
-            with amp(a):
-                r = R.evaluate(policy, tok, prompter, suite, suite.tasks[:n], temperature=a.eval_temperature,
-                               seed=a.seed, max_new_tokens=a.max_new_tokens, max_steps=a.eval_max_steps,
-                               skill_of=skill_of if with_skills else None)
-            row[s] = r
-        log_jsonl(metrics_path, row)
-        print(f"eval{' with skills' if with_skills else ''} @ {it}: " + "  ".join(f"{s} success {row[s]['success']:.3f} score {row[s]['score']:.3f}"
-                                           for s in eval_suites), flush=True)
+            with P.unsharded(policy) as m, amp(a):
+                r = R.evaluate(m, tok, prompter, suite, P.strided(suite.tasks[:n]), temperature=a.eval_temperature,
+                               seed=a.seed + P.RANK, max_new_tokens=a.max_new_tokens, max_steps=a.eval_max_steps,
+                               skill_of=skill_of if with_skills else None, env_errors=a.env_errors)
+            row[s] = merge_evals(P.all_gather(r))
+        if P.master():
+            log_jsonl(metrics_path, row)
+        P.print0(f"eval{' with skills' if with_skills else ''} @ {it}: " + "  ".join(
+            f"{s} success {row[s]['success']:.3f} score {row[s]['score']:.3f}" for s in eval_suites))
         return row
 
     if a.eval_only:
         row = run_eval(start, a.final_eval_tasks)
         row["policy"] = ckpt if has_ckpt else init_path
-        with open(os.path.join(a.out, "eval.json"), "w") as f:
-            json.dump(row, f, indent=2)
+        if P.master():
+            with open(os.path.join(a.out, "eval.json"), "w") as f:
+                json.dump(row, f, indent=2)
         return row
 
     pending = []  # an iteration's event rows, written with its own row: a crash mid-iteration logs none of them
 
     def log_event(it, kind, **kw):  # a JSONL row with "event" and a console line
         pending.append({"event": kind, "iter": it, **kw})
-        print(f"[{kind} @ {it}] " + ", ".join(f"{k}: {v}" for k, v in kw.items()), flush=True)
+        P.print0(f"[{kind} @ {it}] " + ", ".join(f"{k}: {v}" for k, v in kw.items()))
 
     def log_bank_events(it):
         nonlocal n_events
@@ -505,18 +602,20 @@ def main(argv=None):
         bank.save(os.path.join(d, "bank.json"))
         buffer.save(os.path.join(d, "buffer.json"))
 
-    def write_bank_md():
-        with open(os.path.join(a.out, "bank.md"), "w") as f:
-            f.write(bank.markdown())
+    def write_bank_md():  # atomic, like every file a crash could otherwise leave half-written
+        if P.master():
+            with open(os.path.join(a.out, "bank.md.tmp"), "w") as f:
+                f.write(bank.markdown())
+            os.replace(os.path.join(a.out, "bank.md.tmp"), os.path.join(a.out, "bank.md"))
 
     if start == 0:
         run_eval(0, a.eval_tasks)
     done_iters = start
     for it in range(start, a.iters):
         t0 = time.time()
-        rng = random.Random(a.seed * 1_000_003 + it)
+        rng = random.Random(a.seed * 1_000_003 + it)  # the same stream on every rank (tasks, mining, retrieval)
         tasks = rng.sample(train.tasks, a.groups)
-        gen = torch.Generator(device=a.device).manual_seed(a.seed * 1_000_003 + it)
+        gen = torch.Generator(device=dev).manual_seed(a.seed * 1_000_003 + it + 1_000_000_007 * P.RANK)
         policy.eval()
 
         # SIRI: phase, mining, retrieval (phase 0 and --algo gigpo/grpo: none of it, the plain loop)
@@ -533,13 +632,15 @@ def main(argv=None):
                 sst["phase1_start"] = it
         mined = dropped = 0
         if phase >= 1 and (it - sst["phase1_start"]) % a.mine_every == 0:
-            trajs = buffer.sample(a.mine_count, rng)
-            with amp(a):
-                kept, dropped = mine.mine(miner, miner_tok, train.description, trajs)
-            added = [bank.add(skill, t.key, it + 1, t) for skill, t in kept]  # None: duplicate or key full
+            trajs = buffer.sample(a.mine_count, rng)  # each rank mines every W-th one
+            with P.unsharded(miner) as m, amp(a):
+                got = P.all_gather(mine.mine(m, miner_tok, train.description, P.strided(trajs)))
+            kept, dropped = [x for k, _ in got for x in k], sum(d for _, d in got)
+            added = [bank.add(skill, t.key, it + 1, t) for skill, t in kept] if P.master() else []
+            bank = P.broadcast(bank)
             mined, sst["mined"], sst["dropped"] = len(kept), sst["mined"] + len(kept), sst["dropped"] + dropped
-            print(f"mining @ {it + 1}: {len(trajs)} trajectories -> {mined} skills parsed "
-                  f"({sum(x is not None for x in added)} new in the bank), {dropped} dropped", flush=True)
+            P.print0(f"mining @ {it + 1}: {len(trajs)} trajectories -> {mined} skills parsed "
+                     f"({sum(x is not None for x in added)} new in the bank), {dropped} dropped")
             log_bank_events(it + 1)
         skills = skill_ids = None
         if phase >= 1:  # paired validation: per group at most one skill, in the second half of its rollouts
@@ -549,11 +650,15 @@ def main(argv=None):
                 for use in mine.paired_split(a.group_size):
                     skills.append(R.format_skill(s.fields) if s and use else None)
                     skill_ids.append(s.id if s and use else None)
+            skills, skill_ids = P.my_slice(skills), P.my_slice(skill_ids)
 
-        with amp(a):
-            steps, eps, st = R.rollout(policy, tok, prompter, train, tasks, a.group_size, sampling, generator=gen,
-                                       skills=skills, skill_ids=skill_ids, max_steps=a.max_steps)
+        with P.unsharded(policy) as m, amp(a):  # this rank's G / W groups, all N rollouts of each
+            steps, eps, st = R.rollout(m, tok, prompter, train, P.my_slice(tasks), a.group_size, sampling,
+                                       generator=gen, skills=skills, skill_ids=skill_ids, max_steps=a.max_steps,
+                                       env_errors=a.env_errors)
         t_roll = time.time() - t0
+        if not steps:  # (only --env-errors fail with every env of this rank failing at reset)
+            raise RuntimeError(f"iteration {it + 1}: every environment on rank {P.RANK} failed at reset")
         adv = step_advantages(steps, a)
         by_group = {}
         for e in eps:
@@ -563,64 +668,84 @@ def main(argv=None):
         if a.weighting == "traj" and keep:
             adv[keep] = adv[keep] * gigpo.trajectory_weights([steps[k].traj for k in keep])
 
-        # SIRI: delta_g -> skill lifecycle; plain wins -> buffer; phase 2: what L_int needs
-        deltas = mine.paired_deltas(eps) if phase >= 1 else {}  # {group: (skill id, delta_g)}
-        for sid, d in deltas.values():
-            bank.update(sid, d, it + 1)
+        # SIRI: delta_g -> skill lifecycle (rank 0, broadcast); plain wins -> every rank's buffer; what L_int needs
+        deltas = mine.paired_deltas(eps) if phase >= 1 else {}  # {group: (skill id, delta_g)}, this rank's groups
+        all_deltas = [x for r in P.all_gather(list(deltas.values())) for x in r] if phase >= 1 else []
+        if all_deltas:
+            if P.master():
+                for sid, d in all_deltas:
+                    bank.update(sid, d, it + 1)
+            bank = P.broadcast(bank)
         log_bank_events(it + 1)
         if siri:
-            buffer.add_from_rollout(steps, eps, it + 1)  # won plain episodes only
+            for wins in P.all_gather(mine.successes(steps, eps)):
+                for w in wins:
+                    buffer.add(*w, it + 1)
         lam = D.lambda_schedule(it - p2, a.lambda_max, a.lambda_ramp) if phase == 2 else 0.0
         blocks = skill_blocks(tok, bank, [sid for sid, _ in deltas.values()])
         delta = [deltas.get(steps[k].group, (None, None))[1] for k in keep]
 
         policy.train()
         t1 = time.time()
-        m = (train_step(policy, ref, opt, [steps[k] for k in keep], adv[keep], a, rng, delta, blocks, lam)
-             if keep else {})
+        m, n_bwd, streak = train_step(policy, ref, opt, [steps[k] for k in keep], adv[keep], a, rng, delta, blocks,
+                                      lam, spare=steps[0], streak=streak)
         t_train = time.time() - t1
         n_tok = sum(len(steps[k].prompt) + len(steps[k].response) for k in keep)
-        row = dict(iter=it + 1, success=sum(e.won for e in eps) / len(eps), score=sum(e.score for e in eps) / len(eps),
-                   reward=sum(s.reward for s in steps) / len(eps), valid=sum(s.valid for s in steps) / len(steps),
-                   ep_len=sum(e.steps for e in eps) / len(eps), samples=len(steps), trained_samples=len(keep),
-                   mixed_groups=len(mixed) / len(by_group), rollout_s=t_roll,
-                   gen_s=st["gen_s"], env_s=st["env_s"], train_s=t_train, train_tok_s=n_tok / max(t_train, 1e-9),
-                   gen_tok_s=st["gen_tokens"] / max(st["gen_s"], 1e-9), iter_s=time.time() - t0, **m)
+        # sums over ranks, then the row's means; wall-clock times: the slowest rank
+        (E, won, score, reward, S, valid, ep_len, trained, n_mixed, n_groups, gen_tok, n_tok, env_err, sk_eps) = \
+            P.all_sum([len(eps), sum(e.won for e in eps), sum(e.score for e in eps), sum(s.reward for s in steps),
+                       len(steps), sum(s.valid for s in steps), sum(e.steps for e in eps), len(keep), len(mixed),
+                       len(by_group), st["gen_tokens"], n_tok, st.get("env_errors", 0),
+                       sum(e.skill is not None for e in eps)])
+        t_roll, gen_s, env_s, t_train, iter_s = P.all_max([t_roll, st["gen_s"], st["env_s"], t_train, time.time() - t0])
+        row = dict(iter=it + 1, success=won / E, score=score / E, reward=reward / E, valid=valid / S, ep_len=ep_len / E,
+                   samples=int(S), trained_samples=int(trained), mixed_groups=n_mixed / n_groups, env_errors=int(env_err),
+                   rollout_s=t_roll, gen_s=gen_s, env_s=env_s, train_s=t_train, train_tok_s=n_tok / max(t_train, 1e-9),
+                   gen_tok_s=gen_tok / max(gen_s, 1e-9), iter_s=iter_s, **m)
+        if P.WORLD > 1:  # per rank: the load split, and the invariants that keep DDP / FSDP from hanging or drifting
+            ranks = P.all_gather(dict(samples=len(steps), episodes=len(eps), backward=n_bwd,
+                                      **({} if P.is_fsdp(policy) else {"param_sum": P.param_checksum(policy)})))
+            row["ranks"] = {k: [r[k] for r in ranks] for k in ranks[0]}
+            assert len(set(row["ranks"]["backward"])) == 1, f"ranks made different backward passes: {row['ranks']}"
+            assert len(set(row["ranks"].get("param_sum", [0]))) == 1, f"parameters differ across ranks: {row['ranks']}"
         rl_clock, done_iters = rl_clock + row["iter_s"], it + 1
         row["rl_s"] = rl_clock
         siri_line = ""
         if siri:
-            dg = [d for _, d in deltas.values()]
+            dg = [d for _, d in all_deltas]
             row.update(phase=phase, mined=mined, dropped=dropped, skills_mined=sst["mined"], **bank.counts(),
-                       buffer=len(buffer), skill_groups=len(deltas),
-                       skill_episodes=sum(e.skill is not None for e in eps),
+                       buffer=len(buffer), skill_groups=len(all_deltas), skill_episodes=int(sk_eps),
                        delta_g=sum(dg) / len(dg) if dg else None, gate_frac=m.get("gate_frac", 0.0),
                        distill_loss=m.get("distill_loss", 0.0), **{"lambda": lam})
             siri_line = (f" | phase {phase} skills {sst['mined']} "
                          f"(a {row['active']} c {row['candidate']} r {row['retired']})"
                          f" dg {'-' if not dg else format(row['delta_g'], '+.2f')} gate {row['gate_frac']:.3f}"
                          f" distill {row['distill_loss']:.3g}")
-        for r in pending + [row]:
-            log_jsonl(metrics_path, r)
+        if P.master():
+            for r in pending + [row]:
+                log_jsonl(metrics_path, r)
         pending.clear()
-        print(f"it {it + 1:4d} | success {row['success']:.3f} | reward {row['reward']:.2f} | valid {row['valid']:.3f} | "
-              f"len {row['ep_len']:.1f} | mixed {row['mixed_groups']:.2f} | kl {m.get('kl', 0):.4f}{siri_line} | "
-              f"gen {st['gen_s']:.1f}s env {st['env_s']:.1f}s "
-              f"train {t_train:.1f}s ({row['train_tok_s']:.0f} tok/s) | {row['iter_s']:.1f}s (RL {rl_clock / 60:.1f} min)", flush=True)
+        P.print0(f"it {it + 1:4d} | success {row['success']:.3f} | reward {row['reward']:.2f} | valid {row['valid']:.3f} | "
+                 f"len {row['ep_len']:.1f} | mixed {row['mixed_groups']:.2f} | kl {m.get('kl', 0):.4f}{siri_line} | "
+                 f"gen {gen_s:.1f}s env {env_s:.1f}s train {t_train:.1f}s ({row['train_tok_s']:.0f} tok/s) | "
+                 f"{iter_s:.1f}s (RL {rl_clock / 60:.1f} min)" + (f" | SKIPPED {m['skipped_updates']} non-finite "
+                                                               f"updates" if m["skipped_updates"] else ""))
         if a.eval_every and (it + 1) % a.eval_every == 0 and it + 1 < a.iters:
             run_eval(it + 1, a.eval_tasks)
         out_of_time = a.max_rl_minutes and rl_clock >= 60 * a.max_rl_minutes
         if (it + 1) % a.save_every == 0 or it + 1 == a.iters or out_of_time:
-            save_checkpoint(a.out, policy, opt, {"iter": it + 1, "rl_s": rl_clock, **({"siri": sst} if siri else {})},
-                            save_siri if siri else None)
+            save_checkpoint(a.out, policy, opt, {"iter": it + 1, "rl_s": rl_clock, "bad_streak": streak,
+                                                 **({"siri": sst} if siri else {})}, save_siri if siri else None)
             if siri:
                 write_bank_md()
         if out_of_time:
-            print(f"stopping after {it + 1} iterations: --max-rl-minutes {a.max_rl_minutes} reached", flush=True)
+            P.print0(f"stopping after {it + 1} iterations: --max-rl-minutes {a.max_rl_minutes} reached")
             break
     final = run_eval(done_iters, a.final_eval_tasks)
     if siri and a.eval_with_skills:
         final["with_skills"] = run_eval(done_iters, a.final_eval_tasks, with_skills=True)
+    if not P.master():
+        return final
     with open(os.path.join(a.out, "final.json"), "w") as f:
         json.dump(final, f, indent=2)
     line = "  ".join(f"{s} success {final[s]['success']:.3f} score {final[s]['score']:.3f}" for s in eval_suites)

@@ -190,7 +190,7 @@ def test_train_stops_at_rl_time_budget(policy_dir, tmp_path):
                         "--temperature", "0.7"])
     rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
     assert [r["iter"] for r in rows if not r.get("eval")] == [1] and final["iter"] == 1
-    assert rows[1]["trained_samples"] > 0 and rows[1]["n_tokens"] > 0  # the bf16-autocast update ran
+    assert rows[1]["trained_samples"] > 0 and rows[1]["grad_norm"] > 0  # the bf16-autocast update ran
     assert json.load(open(os.path.join(out, "ckpt", "state.json")))["iter"] == 1
 
 
@@ -240,3 +240,31 @@ def test_eval_only_evaluates_the_checkpoint_and_leaves_the_run_alone(policy_dir,
     fresh = str(tmp_path / "fresh")  # no checkpoint: --model is evaluated
     assert train.main(["--model", policy_dir, "--out", fresh, "--eval-only", "--final-eval-tasks", "2",
                        "--eval-max-steps", "2", "--max-new-tokens", "8"])["policy"] == policy_dir
+
+
+def test_nonfinite_updates_are_skipped_then_the_run_stops(policy_dir, tmp_path, monkeypatch, capsys):
+    """A NaN loss: that optimizer update is skipped (weights untouched, counted in skipped_updates) and the run
+    goes on; --max-bad-steps updates in a row stop it with a clear message, leaving the last checkpoint whole."""
+    import gigpo
+    import train
+    real = gigpo.policy_loss
+    bad = {"on": True}
+    monkeypatch.setattr(gigpo, "policy_loss", lambda *a, **kw: (lambda l, m: (l * float("nan") if bad["on"] else l, m))(
+        *real(*a, **kw)))
+    out = str(tmp_path / "run")
+    flags = ["--algo", "gigpo", "--model", policy_dir, "--out", out, "--groups", "2", "--group-size", "2",
+             "--eval-tasks", "1", "--final-eval-tasks", "1", "--max-new-tokens", "6", "--max-steps", "2",
+             "--eval-max-steps", "1", "--keep-uniform-groups", "--lr", "1e-2", "--updates", "2", "--save-every", "1"]
+    train.main(flags + ["--iters", "1", "--max-bad-steps", "3"])  # 2 bad updates: under the limit
+    rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+    assert rows[1]["skipped_updates"] == 2 and "grad_norm" not in rows[1]
+    w0, w1 = M.load(policy_dir).state_dict(), M.load(os.path.join(out, "ckpt")).state_dict()
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)  # no NaN reached the weights; nothing moved
+    assert "skipped update 2/2" in capsys.readouterr().out
+    bad["on"] = False  # healthy updates reset the count
+    train.main(flags + ["--iters", "1", "--max-bad-steps", "3", "--out", str(tmp_path / "ok")])
+    assert [json.loads(l) for l in open(tmp_path / "ok" / "metrics.jsonl")][1]["skipped_updates"] == 0
+    bad["on"] = True
+    with pytest.raises(SystemExit, match="3 optimizer updates in a row had a non-finite loss"):
+        train.main(flags + ["--iters", "4", "--max-bad-steps", "3", "--out", str(tmp_path / "stop")])
+    assert json.load(open(tmp_path / "stop" / "ckpt" / "state.json"))["iter"] == 1  # iteration 1's checkpoint

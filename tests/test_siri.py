@@ -72,7 +72,7 @@ def test_phase0_is_the_gigpo_loop(policy_dir, tmp_path):
     assert all(torch.equal(w[0][k], w[1][k]) for k in w[0])
     rows = [[json.loads(l) for l in open(tmp_path / algo / "metrics.jsonl")][1] for algo in ("siri", "gigpo")]
     assert rows[0]["phase"] == 0 and "phase" not in rows[1]
-    assert all(rows[0][k] == rows[1][k] for k in ("pg_loss", "samples", "success", "valid", "n_tokens"))
+    assert all(rows[0][k] == rows[1][k] for k in ("pg_loss", "samples", "success", "valid", "trained_samples"))
     assert os.path.exists(tmp_path / "siri" / "ckpt" / "bank.json")
     assert not os.path.exists(tmp_path / "gigpo" / "bank.md")
 
@@ -97,7 +97,7 @@ def siri_run(policy_dir, tmp_path_factory):
              "--save-every", "1", "--phase1-min-frac", "0", "--n-req", "1", "--phase2-frac", "0.34",
              "--keep-uniform-groups", "--lr", "1e-3", "--updates", "2", "--lambda-ramp", "5", "--mine-every", "5"]
     record, crash = [], {"at": 5}
-    real_add, real_deltas, real_adv, real_rollout = (mine.SuccessBuffer.add_from_rollout, mine.paired_deltas,
+    real_succ, real_deltas, real_adv, real_rollout = (mine.successes, mine.paired_deltas,
                                                      gigpo.gigpo_advantages, R.rollout)
 
     def rollout(*args, **kw):
@@ -115,8 +115,7 @@ def siri_run(policy_dir, tmp_path_factory):
         return dict(r, adv=r["adv"].abs() + 0.5)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(mine.SuccessBuffer, "add_from_rollout",
-                   lambda self, steps, eps, it: real_add(self, steps, [replace(e, won=True) for e in eps], it))
+        mp.setattr(mine, "successes", lambda steps, eps: real_succ(steps, [replace(e, won=True) for e in eps]))
         mp.setattr(mine, "mine", lambda model, tok, desc, trajs, **kw:
                    ([(bootstrap.reference_skill(t.task_type), t) for t in trajs], 0))
         mp.setattr(mine, "paired_deltas", lambda eps: {g: (sid, 1.0) for g, (sid, _) in real_deltas(eps).items()})
@@ -216,14 +215,14 @@ def test_internalization_gradient_exact_over_micro_batches(policy_dir, kind):
     delta = [1.0 if s.group == 0 else -1.0 for s in steps]  # group 1's skill did not help: its gate is closed
     a = SimpleNamespace(updates=1, temperature=1.0, recompute_old_logp=False, clip=0.2, dual_clip=3.0,
                         entropy_coef=0.001, kl_coef=0.0, grad_clip=1e9, lr=1.0, warmup=0, adv_cap=1.0, distill=kind,
-                        amp=False, device="cpu")
+                        amp=False, device="cpu", max_bad_steps=5)
 
     def update(micro_tokens, lam):  # SGD with lr 1: before - after = the gradient
         policy = M.load(policy_dir)
         before = [p.detach().clone() for p in policy.parameters()]
         a.micro_tokens = micro_tokens
-        m = train.train_step(policy, None, torch.optim.SGD(policy.parameters(), lr=1.0), steps, adv, a,
-                             random.Random(0), delta, blocks, lam)
+        m, _, _ = train.train_step(policy, None, torch.optim.SGD(policy.parameters(), lr=1.0), steps, adv, a,
+                                   random.Random(0), delta, blocks, lam, spare=steps[0])
         return [b - p.detach() for b, p in zip(before, policy.parameters())], m
 
     lam = {"kl": 100.0, "nll": 0.5}[kind]  # the tiny policy barely reacts to the block: KL ~1e-5, scale it up
