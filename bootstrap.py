@@ -63,8 +63,10 @@ DEFAULTS = dict(env="household", seed=0, demos=600, noise=0.25, vocab=4096, hidd
                 intermediate=512, sft_steps=450, optimizer="muon", batch=16, lr=3e-3, prompt_loss=1.0, history=2, room_size="small", amp=1,
                 skill_frac=0.4, rare="heat,cool", rare_plain=0.1, mine_frac=0.2, entity_tokens=0)
 # shop: pages are long (one step of history keeps prompts near 450 tokens), products are picked by ASIN, and
-# copying the query and ASINs needs more data and steps (450 steps on 600 demos: 0% success; these: 13% seen)
-ENV_DEFAULTS = {"shop": dict(history=1, entity_tokens=1, demos=1200, sft_steps=1000, noise=0.15)}
+# copying the query and ASINs needs more data and steps (450 steps on 600 demos: 0% success; these: 13% seen).
+# Skills as in the household: the plain demos mostly lack two categories, which skill-guided demos cover.
+ENV_DEFAULTS = {"shop": dict(history=1, entity_tokens=1, demos=1200, sft_steps=1000, noise=0.15, rare="grocery,home",
+                             rare_plain=0.2)}
 
 
 # Reference skills (SPEC 2's three fields) per household task type: what a good miner writes. Each field has
@@ -103,9 +105,21 @@ def _skill_table():
                       f"The {app} does the work: carry the object there and {verb} it, then place it."],
             steps=[f"{SEARCH} | take the object | go to {app} | {verb} the object with {app} | "
                    "go to the target and put the object in/on it"])
+    for cat, opts in _SHOP_OPTIONS.items():  # shop: one skill per product category (the task type)
+        t[cat] = dict(
+            when=[f"The task asks you to buy a {cat} product with some attributes, options and a price limit.",
+                  f"Use this when shopping for a {cat} item with a required {opts}."],
+            strategy=["Search for the product words of the instruction, open the first result, then click the options "
+                      "it names and buy.",
+                      f"Copy the product phrase into the search, open the top result and click the {opts} the "
+                      "instruction asks for before you buy."],
+            steps=["search the product phrase | click the first result | click each option the instruction names | "
+                   "click buy now"])
     return t
 
 
+_SHOP_OPTIONS = {"beauty": "size and scent or color", "clothing": "color and size", "electronics": "color, length or style",
+                 "grocery": "flavor and size", "home": "color and size"}
 SKILLS = _skill_table()
 TARGET_FIRST = {"look_at_obj_in_light": ("Turn on the desklamp first.", "go to the desklamp and use it first"),
                 None: ("Open the target first.", "go to the target first and open it")}
@@ -133,6 +147,10 @@ def _target_first_actions(env):
     return [env.goto[r]] + (["open " + env.rnames[r]] if env.openable[r] else [])
 
 
+def _task_type(task):
+    return getattr(task, "task_type", None) or task.category  # household tasks / shop tasks
+
+
 def demonstrations(suite, n, seed, prompter_text, noise=0.25, skill_frac=0.0, rare=(), rare_plain=1.0):
     """(user message, skill block or None, action) triples from expert episodes on n tasks of a shuffled train split.
 
@@ -149,11 +167,11 @@ def demonstrations(suite, n, seed, prompter_text, noise=0.25, skill_frac=0.0, ra
     for task in tasks:
         if played == n:
             break
-        skill = None
+        skill, ttype = None, _task_type(task)
         if rng.random() < skill_frac:
-            first = rng.random() < 0.5
-            skill = R.format_skill(reference_skill(task.task_type, rng, first))
-        elif rare and task.task_type in rare and rng.random() >= rare_plain:
+            first = rng.random() < 0.5 and ttype in HOUSEHOLD_TYPES  # the shop's procedure has no variant
+            skill = R.format_skill(reference_skill(ttype, rng, first))
+        elif rare and ttype in rare and rng.random() >= rare_plain:
             continue
         played += 1
         obs, past, done, t = env.reset(task), [], False, 0
@@ -176,18 +194,24 @@ def demonstrations(suite, n, seed, prompter_text, noise=0.25, skill_frac=0.0, ra
 
 
 def mining_examples(suite, n, seed):
-    """(mining prompt, three-line skill) pairs: the noise-free expert's actions on n train tasks and the
-    reference skill of the task type, so that the policy can write skills from its own successes."""
+    """(mining prompt, three-line skill) pairs: the noise-free expert's actions on n won train tasks and the
+    reference skill of the task type, so that the policy can write skills from its own successes. (The shop's
+    observable expert loses some tasks; those are replaced by further draws.)"""
     rng = random.Random(seed + 1)
     tasks = rng.sample(list(suite.tasks), n)
     env, out = suite.new_env(), []
-    for task in tasks:
+    while tasks:
+        task = tasks.pop(0)
         obs, done, actions = env.reset(task), False, []
+        text = obs.task
         while not done:
             actions.append(env.expert_action(observable=True))
             obs, r, done, info = env.step(actions[-1])
-        out.append((mine.mining_prompt(suite.description, task.text, actions),
-                    mine.skill_text(reference_skill(task.task_type, rng))))
+        if not info["won"]:
+            tasks += rng.sample(list(suite.tasks), 1)
+            continue
+        out.append((mine.mining_prompt(suite.description, text, actions),
+                    mine.skill_text(reference_skill(_task_type(task), rng))))
     return out
 
 
@@ -225,6 +249,7 @@ def train_tokenizer(texts, vocab, path, split=WORD_SPLIT, extra=()):
 HOUSEHOLD_RARE = {"heat": "pick_heat_then_place_in_recep", "cool": "pick_cool_then_place_in_recep",
                   "clean": "pick_clean_then_place_in_recep", "look": "look_at_obj_in_light",
                   "pick": "pick_and_place_simple", "two": "pick_two_obj_and_place"}
+HOUSEHOLD_TYPES = set(HOUSEHOLD_RARE.values())
 
 
 class Optimizers:
@@ -288,10 +313,11 @@ def build(out, quiet=False, **kw):
     suite = envs.make(cfg["env"], "train", seed=cfg["seed"], **env_kw)
     text_prompter = Prompter(None, suite.description, history=cfg["history"])
     household = cfg["env"] == "household"
-    rare = tuple(HOUSEHOLD_RARE[r] for r in cfg["rare"].split(",") if r) if household else ()
+    skilled = cfg["env"] in ("household", "shop")  # the envs with reference skills (SKILLS)
+    rare = tuple(HOUSEHOLD_RARE.get(r, r) for r in cfg["rare"].split(",") if r) if skilled else ()
     triples = demonstrations(suite, cfg["demos"], cfg["seed"], text_prompter.text, cfg["noise"],
-                             cfg["skill_frac"] if household else 0.0, rare, cfg["rare_plain"])
-    mining = mining_examples(suite, round(cfg["mine_frac"] * cfg["demos"]), cfg["seed"]) if household else []
+                             cfg["skill_frac"] if skilled else 0.0, rare, cfg["rare_plain"])
+    mining = mining_examples(suite, round(cfg["mine_frac"] * cfg["demos"]), cfg["seed"]) if skilled else []
     log(f"{len(triples)} expert steps from {cfg['demos']} episodes "
         f"({sum(s is not None for _, s, _ in triples)} with a skill block); {len(mining)} mining examples")
 
@@ -385,10 +411,11 @@ def main():
                  prompt_loss="weight of the LM loss on prompt tokens (action tokens weigh 1)",
                  history="past (observation, action) pairs in the prompt, as in RL", room_size="household room size",
                  amp="1 = bfloat16 autocast for the supervised steps (CPU AMX / CUDA), 0 = float32",
-                 skill_frac="household: fraction of demo episodes with a correct skill block in the prompt",
-                 rare="household: task types (heat, cool, clean, look, pick, two; comma-separated) the plain demos "
-                      "mostly lack", rare_plain="household: fraction of plain demo episodes of rare types kept",
-                 mine_frac="household: mining examples (trajectory -> skill) per demo episode",
+                 skill_frac="fraction of demo episodes with a correct skill block in the prompt",
+                 rare="task types the plain demos mostly lack, comma-separated (household: heat, cool, clean, look, "
+                      "pick, two; shop: beauty, clothing, electronics, grocery, home)",
+                 rare_plain="fraction of plain demo episodes of rare types kept",
+                 mine_frac="mining examples (trajectory -> skill) per demo episode",
                  entity_tokens="1 = each numbered entity ('apple 1'; shop: each product's ASIN) is one token; 0 = "
                                "word and number are separate tokens")
     for k, v in DEFAULTS.items():

@@ -184,7 +184,9 @@ def _failed_reset(task):
 @torch.no_grad()
 def rollout(model, tokenizer, prompter, suite, tasks, n, sampling, generator=None, skills=None, skill_ids=None,
             traj_base=0, group_base=0, reward_scale=10.0, stop_ids=None, max_steps=0, env_errors="raise"):
-    """Play len(tasks) groups of n envs each, all in lockstep. skills: per env the skill block text or None.
+    """Play len(tasks) groups of n envs each, all in lockstep. skills: per env the skill block text or None,
+    or a callable (t, obs, past) -> (block or None, skill id or None) asked at every step (step-level skills,
+    triggers: baselines/); a step's Step.skill is then the id it returned, the Episode's skill its skill_ids entry.
     max_steps > 0 cuts episodes earlier than the env's own cap (no terminal reward, like the env's cap).
     env_errors: "raise" (a RuntimeError naming env, task, step and action) or "fail" (that episode ends failed,
     its failing step still a sample with reward 0; the other envs go on).
@@ -215,7 +217,8 @@ def rollout(model, tokenizer, prompter, suite, tasks, n, sampling, generator=Non
     for t in range(cap):
         if not live:
             break
-        prompts = [prompter(obs[i].task, t, past[i], obs[i].text, obs[i].admissible, skills[i]) for i in live]
+        now = {i: skills[i](t, obs[i], past[i]) if callable(skills[i]) else (skills[i], skill_ids[i]) for i in live}
+        prompts = [prompter(obs[i].task, t, past[i], obs[i].text, obs[i].admissible, now[i][0]) for i in live]
         t0 = time.perf_counter()
         out = M.generate(model, prompts, sampling.max_new_tokens, sampling.temperature, sampling.top_k,
                          sampling.top_p, stop_ids=stop_ids, generator=generator,
@@ -234,7 +237,7 @@ def rollout(model, tokenizer, prompter, suite, tasks, n, sampling, generator=Non
                 # the step stays a sample (reward 0) so steps and Episode.steps agree; the env is not stepped again
                 new, done, info, failed[i] = obs[i], True, dict(won=False, score=0.0), True
             steps.append(Step(prompts[k], resp, out.logprobs[k, :len(resp)].tolist(), reward_scale * float(info["won"]),
-                              valid, obs[i].anchor, group_base + i // n, traj_base + i, t, skill_ids[i], action))
+                              valid, obs[i].anchor, group_base + i // n, traj_base + i, t, now[i][1], action))
             past[i].append((obs[i].text, action))
             obs[i], infos[i] = new, info
             if not done and t + 1 < cap:
@@ -254,7 +257,8 @@ def rollout(model, tokenizer, prompter, suite, tasks, n, sampling, generator=Non
 def evaluate(model, tokenizer, prompter, suite, tasks=None, temperature=0.4, batch=64, seed=0, max_new_tokens=32,
              max_steps=0, skill_of=None, env_errors="raise"):
     """Success on a task list: overall, per task type, and the mean [0,1] score. The plain prompt, unless
-    skill_of (task -> skill block or None) puts a skill in it (to measure skill following). env_errors: as in
+    skill_of (task -> skill block, a per-step callable as in rollout, or None) puts a skill in it (to measure
+    skill following, or to evaluate with a skill bank). env_errors: as in
     rollout ("fail": such an episode counts as failed)."""
     tasks = suite.tasks if tasks is None else tasks
     g = torch.Generator(device=_device(model)).manual_seed(seed)

@@ -140,6 +140,33 @@ def test_max_steps_cuts_episodes(policy_dir, tok):
     assert all(e.won or (e.truncated and e.steps == 3) for e in eps)
 
 
+def test_per_step_skill_callables(policy_dir, tok):
+    """A callable skill entry is asked at every step with (t, obs, past): its block goes into that step's prompt
+    and its id onto that Step; plain entries stay plain; the Episode keeps its skill_ids entry."""
+    policy = M.load(policy_dir)
+    suite = envs.make("household", "train", n_tasks=4, seed=0)
+    p = R.Prompter(tok, suite.description)
+    block = R.format_skill(dict(when="Always.", strategy="Look first.", steps="look | go | take"))
+    calls = []
+
+    def fn(t, obs, past):
+        calls.append((t, obs.task, len(past)))
+        return (block, f"s{t}") if t % 2 == 0 else (None, None)
+
+    steps, eps, _ = R.rollout(policy, tok, p, suite, suite.tasks[:1], 2, R.Sampling(max_new_tokens=12),
+                              generator=torch.Generator().manual_seed(0), skills=[None, fn], skill_ids=[None, "tag"],
+                              max_steps=4)
+    assert [e.skill for e in eps] == [None, "tag"]
+    n1 = eps[1].steps
+    assert calls == [(t, suite.tasks[0].text, t) for t in range(n1)]
+    for s in steps:
+        want = (f"s{s.step}" if s.step % 2 == 0 else None) if s.traj == 1 else None
+        assert s.skill == want
+        o = suite.new_env().reset(suite.tasks[0]) if s.step == 0 else None
+        if o is not None:  # the first prompt is fully determined: with the block for env 1, plain for env 0
+            assert s.prompt == p(o.task, 0, [], o.text, o.admissible, block if s.traj == 1 else None)
+
+
 def test_evaluate_reports_per_type(policy_dir, tok):
     """evaluate() runs one plain episode per task and reports success, score and per-type success consistently."""
     policy = M.load(policy_dir)
