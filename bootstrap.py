@@ -13,13 +13,14 @@ instruct pre-training a real LLM brings:
    trained on) so that off-path states and recoveries appear. Each step is one
    (prompt, "<action>a</action>") pair, the prompt built by rollout.Prompter
    exactly as in RL;
-2. skills (household): 40% of episodes carry a correct skill block (SPEC 2's
-   three fields, phrasings drawn at random); half of those use a target-first
-   variant that the expert then follows, so the block must be read to act
-   right. Plain episodes of the rare task types (heat, cool) are mostly left
-   out: the plain policy lacks procedures that skills supply. Mining examples
-   (a trajectory in mine.py's mining prompt -> the three-line skill) teach the
-   policy to write skills;
+2. skills: 40% of episodes carry a correct skill block (SPEC 2's three
+   fields, phrasings drawn at random); household: half of those use a
+   target-first variant that the expert then follows, so the block must be
+   read to act right. Plain episodes of the rare task types (household: heat,
+   cool; shop: the grocery and home categories) are mostly left out: the plain
+   policy lacks what skills supply. Mining examples (a won trajectory in
+   mine.py's mining prompt -> the three-line skill) teach the policy to write
+   skills;
 3. a byte-level BPE tokenizer trained on that text with the `tokenizers`
    library, saved in HF format with a ChatML chat template; words and numbers
    are separate pre-tokens ("countertop", " 1"), so the object named in the
@@ -385,15 +386,17 @@ WRONG_SKILL = {"pick_heat_then_place_in_recep": "pick_cool_then_place_in_recep",
                "pick_cool_then_place_in_recep": "pick_heat_then_place_in_recep",
                "pick_clean_then_place_in_recep": "pick_heat_then_place_in_recep",
                "pick_and_place_simple": "look_at_obj_in_light", "look_at_obj_in_light": "pick_and_place_simple",
-               "pick_two_obj_and_place": "pick_and_place_simple"}
+               "pick_two_obj_and_place": "pick_and_place_simple",
+               "beauty": "home", "clothing": "electronics", "electronics": "grocery", "grocery": "clothing",
+               "home": "beauty"}
 
 
 def skill_following(policy, tok, prompter, suite, temperature=0.4, max_steps=0):
-    """Household success per task type with the plain prompt, a correct skill block (the reference skill of
-    the task's type) and a wrong one (the reference skill of another type, WRONG_SKILL)."""
+    """Success per task type with the plain prompt, a correct skill block (the reference skill of the task's
+    type) and a wrong one (the reference skill of another type, WRONG_SKILL)."""
     rows = {}
-    for name, fn in (("plain", None), ("correct", lambda t: R.format_skill(reference_skill(t.task_type))),
-                     ("wrong", lambda t: R.format_skill(reference_skill(WRONG_SKILL[t.task_type])))):
+    for name, fn in (("plain", None), ("correct", lambda t: R.format_skill(reference_skill(_task_type(t)))),
+                     ("wrong", lambda t: R.format_skill(reference_skill(WRONG_SKILL[_task_type(t)])))):
         r = R.evaluate(policy, tok, prompter, suite, temperature=temperature, max_steps=max_steps, skill_of=fn)
         rows[name] = dict(r["by_type"], all=r["success"])
     return rows
@@ -425,7 +428,7 @@ def main():
     p.add_argument("--eval-tasks", type=int, default=200, help="held-out tasks per split to evaluate the policy on")
     p.add_argument("--eval-max-steps", type=int, default=0, help="episode step cap in evaluation (0 = the env's)")
     p.add_argument("--skills", action="store_true",
-                   help="household: measure skill following instead (success per task type with the plain prompt, a "
+                   help="measure skill following instead (success per task type with the plain prompt, a "
                         "correct skill block and a wrong one; per split and both splits pooled)")
     a = vars(p.parse_args())
     out, n_eval, cap, skills = a.pop("out"), a.pop("eval_tasks"), a.pop("eval_max_steps"), a.pop("skills")

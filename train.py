@@ -74,6 +74,7 @@ import os
 import random
 import shutil
 import time
+from types import SimpleNamespace
 
 import torch
 
@@ -86,6 +87,9 @@ import parallel as P
 import report
 import rollout as R
 import update as U
+from baselines import d2skill, reskill
+
+BASELINES = {"d2skill": d2skill.D2Skill, "reskill": reskill.ReSkill}  # [7/7]: other skill methods, same loop
 
 
 # --quick: every phase of the pipeline in minutes on 2 cores (numbers from it are a smoke test, not results)
@@ -111,10 +115,12 @@ def get_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("run")
     g.add_argument("--env", default="household", choices=sorted(envs.REGISTRY), help="built-in environment")
-    g.add_argument("--algo", default="siri", choices=["siri", "gigpo", "grpo"],
-                   help="siri (three phases on --backbone), or plain gigpo / grpo (grpo = gigpo with omega 0)")
+    g.add_argument("--algo", default="siri", choices=["siri", "gigpo", "grpo", *BASELINES],
+                   help="siri (three phases on --backbone), plain gigpo / grpo (grpo = gigpo with omega 0), or the "
+                        "baselines d2skill / reskill (baselines/, on --backbone)")
     g.add_argument("--backbone", default="gigpo", choices=["gigpo", "grpo"],
-                   help="SIRI's base optimizer (grpo = gigpo with omega 0); not used by plain gigpo / grpo runs")
+                   help="the base optimizer of siri, d2skill and reskill (grpo = gigpo with omega 0); not used by "
+                        "plain gigpo / grpo runs")
     g.add_argument("--model", default="", help="HF checkpoint dir (model + tokenizer); empty = build the embedded tiny policy")
     g.add_argument("--seed", type=int, default=0, help="seed for tasks, sampling, bootstrap and init")
     g.add_argument("--out", default="runs/default", help="output directory (metrics.jsonl, ckpt/, policy/)")
@@ -200,7 +206,8 @@ def get_args(argv=None):
     g.add_argument("--mine-every", type=int, default=3, help="mine skills every k iterations of phases 1-2 (I_mine)")
     g.add_argument("--mine-count", type=int, default=0, help="buffered trajectories mined per round (0 = --groups)")
     g.add_argument("--miner", default="",
-                   help="another local checkpoint (model + tokenizer) to mine with; empty = the policy itself")
+                   help="another local checkpoint (model + tokenizer) to mine with (d2skill: to reflect with, reskill: "
+                        "the creator); empty = the policy itself")
     g.add_argument("--n-eval", type=int, default=3, help="uses before a skill's lifecycle decision (N_eval)")
     g.add_argument("--activate", type=float, default=0.0, help="a candidate with mean delta_g above this turns active")
     g.add_argument("--retire", type=float, default=0.0, help="a skill with mean delta_g below this is retired")
@@ -212,6 +219,11 @@ def get_args(argv=None):
     g.add_argument("--lambda-max", type=float, default=1.0, help="L_int coefficient after the ramp")
     g.add_argument("--lambda-ramp", type=int, default=2, help="phase-2 iterations over which lambda ramps up to max")
     g.add_argument("--adv-cap", type=float, default=1.0, help="distillation token weight clip(A, 0, cap)")
+    for name, mod in (("D2Skill (--algo d2skill; baselines/d2skill.py)", d2skill),
+                      ("ReSkill (--algo reskill; baselines/reskill.py)", reskill)):
+        g = p.add_argument_group(name)
+        for flag, typ, default, hlp in mod.FLAGS:
+            g.add_argument(flag, type=typ, default=default, help=hlp)
     g = p.add_argument_group("evaluation and checkpoints")
     g.add_argument("--eval-every", type=int, default=0, help="evaluate every k iterations (0 = only at the end)")
     g.add_argument("--eval-tasks", type=int, default=100, help="held-out tasks per split for periodic evaluation")
@@ -219,8 +231,9 @@ def get_args(argv=None):
     g.add_argument("--eval-max-steps", type=int, default=0, help="episode step cap in evaluation (0 = the env's own)")
     g.add_argument("--eval-temperature", type=float, default=0.4, help="sampling temperature for evaluation")
     g.add_argument("--eval-with-skills", action="store_true",
-                   help="siri: after the plain-prompt final evaluation, evaluate again with each task's best active "
-                        "skill in the prompt (the paper's ablation of SIRI without phase 2, with skills)")
+                   help="after the plain-prompt final evaluation, evaluate again with skills: siri each task's best "
+                        "active skill (the paper's ablation of SIRI without phase 2, with skills); d2skill its bank, "
+                        "reskill its accepted skill set (as their papers evaluate)")
     g.add_argument("--save-every", type=int, default=10, help="checkpoint every k iterations")
     g.add_argument("--bootstrap-demos", type=int, default=0, help="expert episodes for the embedded policy (0 = its default)")
     if p.parse_known_args(argv)[0].quick:
@@ -229,10 +242,10 @@ def get_args(argv=None):
     if a.history is None:  # the embedded policy's default for this env (bootstrap.ENV_DEFAULTS)
         import bootstrap
         a.history = {**bootstrap.DEFAULTS, **bootstrap.ENV_DEFAULTS.get(a.env, {})}["history"]
-    if a.algo == "grpo" or (a.algo == "siri" and a.backbone == "grpo"):
+    if a.algo == "grpo" or (a.algo not in ("gigpo", "grpo") and a.backbone == "grpo"):
         a.omega = 0.0
-    if a.algo == "siri" and (a.group_size < 2 or a.group_size % 2):
-        p.error(f"--algo siri splits each group in half (paired validation): --group-size {a.group_size} must be even")
+    if a.algo in ("siri", "d2skill") and (a.group_size < 2 or a.group_size % 2):
+        p.error(f"--algo {a.algo} splits each group in half (paired validation): --group-size {a.group_size} must be even")
     if not (0 <= a.phase1_min_frac <= 1 and 0 <= a.phase2_frac <= 1 and a.mine_every >= 1 and a.n_req >= 0):
         p.error("--phase1-min-frac and --phase2-frac must lie in [0, 1], --mine-every >= 1, --n-req >= 0")
     if a.algo == "siri" and a.phase2_frac < 1 and a.phase1_min_frac + a.phase2_frac > 1:
@@ -426,7 +439,7 @@ def main(argv=None):
         sst = state["siri"]
     n_events = len(bank.events)  # lifecycle events already logged
     miner, miner_tok = policy, tok  # SIRI: the current weights (mine.mine runs under torch.no_grad)
-    if siri and a.miner:
+    if a.algo not in ("gigpo", "grpo") and a.miner:
         miner, miner_tok = M.load(a.miner, device=dev, dtype=dtype).eval(), AutoTokenizer.from_pretrained(a.miner)
 
     train = envs.make(a.env, "train", seed=a.seed, **({"n_tasks": a.train_tasks} if a.train_tasks else {}), **env_kw)
@@ -434,6 +447,20 @@ def main(argv=None):
     eval_suites = {s: envs.make(a.env, s, n_tasks=a.final_eval_tasks, seed=a.seed, **env_kw)
                    for s in ("eval_seen", "eval_unseen")}
     sampling = R.Sampling(temperature=a.temperature, max_new_tokens=a.max_new_tokens)
+    base = None  # --algo d2skill / reskill (baselines/): its skill state, in every checkpoint like SIRI's
+    if a.algo in BASELINES:
+        cls = BASELINES[a.algo]
+        base = (cls.from_state(a, train.description, json.load(open(os.path.join(ckpt, "baseline.json"))))
+                if a.resume else cls(a, train.description))
+    n_base_events = len(base.events) if base else 0
+
+    @torch.no_grad()
+    def write_skills(prompts, max_new_tokens=192):  # baselines' reflection / creator: greedy, same texts on every rank
+        ids = [R.chat_ids(miner_tok, q) for q in P.strided(prompts)]
+        with P.unsharded(miner) as m, U.amp(a):
+            out = M.generate(m, ids, max_new_tokens, 0.0, stop_ids=[miner_tok.eos_token_id]).lists() if ids else []
+        got = P.all_gather([miner_tok.decode(r, skip_special_tokens=True) for r in out])
+        return [got[i % P.WORLD][i // P.WORLD] for i in range(len(prompts))]
 
     def run_eval(it, n, with_skills=False):  # each rank plays every W-th task; rank 0 logs the merged result
         row = {"iter": it, "eval": True, "rl_s": rl_clock, **({"with_skills": True} if with_skills else {})}
@@ -441,6 +468,8 @@ def main(argv=None):
             def skill_of(task):  # the best active skill of the task's key, or none (--eval-with-skills)
                 sk = bank.retrieve(*describe(suite, task), None, explore=False)
                 return R.format_skill(sk.fields) if sk else None
+            if base:  # the baseline's own bank / skill set, per step
+                skill_of = base.eval_skill_of(lambda task: describe(suite, task))
             with P.unsharded(policy) as m, U.amp(a):
                 r = R.evaluate(m, tok, prompter, suite, P.strided(suite.tasks[:n]), temperature=a.eval_temperature,
                                seed=a.seed + P.RANK, max_new_tokens=a.max_new_tokens, max_steps=a.eval_max_steps,
@@ -476,10 +505,14 @@ def main(argv=None):
         bank.save(os.path.join(d, "bank.json"))
         buffer.save(os.path.join(d, "buffer.json"))
 
+    def save_base(d):
+        with open(os.path.join(d, "baseline.json"), "w") as f:
+            json.dump(base.state(), f)
+
     def write_bank_md():  # atomic, like every file a crash could otherwise leave half-written
         if P.master():
             with open(os.path.join(a.out, "bank.md.tmp"), "w") as f:
-                f.write(bank.markdown())
+                f.write((base or bank).markdown())
             os.replace(os.path.join(a.out, "bank.md.tmp"), os.path.join(a.out, "bank.md"))
 
     if start == 0:
@@ -525,14 +558,20 @@ def main(argv=None):
                     skills.append(R.format_skill(s.fields) if s and use else None)
                     skill_ids.append(s.id if s and use else None)
             skills, skill_ids = P.my_slice(skills), P.my_slice(skill_ids)
+        if base:  # the baseline's per-env skills: per-step callables (rollout.py), one tag per episode
+            skills, skill_ids = base.assign(it + 1, tasks, a.group_size, rng, lambda task: describe(train, task))
+            skills, skill_ids = P.my_slice(skills), P.my_slice(skill_ids)
 
         with P.unsharded(policy) as m, U.amp(a):  # this rank's G / W groups, all N rollouts of each
             steps, eps, st = R.rollout(m, tok, prompter, train, P.my_slice(tasks), a.group_size, sampling,
                                        generator=gen, skills=skills, skill_ids=skill_ids, max_steps=a.max_steps,
-                                       env_errors=a.env_errors)
+                                       env_errors=a.env_errors, group_base=P.RANK * (a.groups // P.WORLD),
+                                       traj_base=P.RANK * (a.groups // P.WORLD) * a.group_size)
         t_roll = time.time() - t0
         if not steps:  # (only --env-errors fail with every env of this rank failing at reset)
             raise RuntimeError(f"iteration {it + 1}: every environment on rank {P.RANK} failed at reset")
+        if a.algo == "d2skill":
+            base.bonus(steps, eps)  # + lambda * c_i on skill-half returns (rank-local groups), before the advantages
         adv = step_advantages(steps, a)
         by_group = {}
         for e in eps:
@@ -555,6 +594,19 @@ def main(argv=None):
             for wins in P.all_gather(mine.successes(steps, eps)):
                 for w in wins:
                     buffer.add(*w, it + 1)
+        base_m = {}
+        if base:  # every rank: the same gathered episodes and steps, so the skill state stays the same everywhere
+            all_eps = [e for r in P.all_gather(eps) for e in r]
+            lite = [x for r in P.all_gather([SimpleNamespace(traj=s.traj, step=s.step, action=s.action, anchor=s.anchor,
+                                                             skill=s.skill) for s in steps]) for x in r]
+            if a.algo == "d2skill":  # utilities (and pruning), then reflection on low-success groups
+                base_m = {**base.observe(it + 1, all_eps, [(s.traj, s.skill) for s in lite]),
+                          **base.reflect(it + 1, all_eps, lite, write_skills)}
+            else:  # posteriors and the accept / revert test, then the creator
+                base_m = {**base.observe(it + 1, all_eps), **base.propose(it + 1, all_eps, lite, write_skills)}
+            for e in base.events[n_base_events:]:
+                log_event(it + 1, "skill", **e)
+            n_base_events = len(base.events)
         lam = D.lambda_schedule(it - p2, a.lambda_max, a.lambda_ramp) if phase == 2 else 0.0
         blocks = skill_blocks(tok, bank, [sid for sid, _ in deltas.values()])
         delta = [deltas.get(steps[k].group, (None, None))[1] for k in keep]
@@ -595,6 +647,9 @@ def main(argv=None):
                          f"(a {row['active']} c {row['candidate']} r {row['retired']})"
                          f" dg {'-' if not dg else format(row['delta_g'], '+.2f')} gate {row['gate_frac']:.3f}"
                          f" distill {row['distill_loss']:.3g}")
+        if base:
+            row.update({**base_m, **base.counts()})
+            siri_line = " | " + " ".join(f"{k} {v}" for k, v in base.counts().items())
         if P.master():
             for r in pending + [row]:
                 log_jsonl(metrics_path, r)
@@ -609,14 +664,15 @@ def main(argv=None):
         out_of_time = a.max_rl_minutes and rl_clock >= 60 * a.max_rl_minutes
         if (it + 1) % a.save_every == 0 or it + 1 == a.iters or out_of_time:
             save_checkpoint(a.out, policy, opt, {"iter": it + 1, "rl_s": rl_clock, "bad_streak": streak,
-                                                 **({"siri": sst} if siri else {})}, save_siri if siri else None)
-            if siri:
+                                                 **({"siri": sst} if siri else {})},
+                            save_siri if siri else save_base if base else None)
+            if siri or base:
                 write_bank_md()
         if out_of_time:
             P.print0(f"stopping after {it + 1} iterations: --max-rl-minutes {a.max_rl_minutes} reached")
             break
     final = run_eval(done_iters, a.final_eval_tasks)
-    if siri and a.eval_with_skills:
+    if (siri or base) and a.eval_with_skills:
         final["with_skills"] = run_eval(done_iters, a.final_eval_tasks, with_skills=True)
     if not P.master():
         return final
@@ -628,7 +684,10 @@ def main(argv=None):
         c = bank.counts()
         line += (f" | ended in phase {sst['phase']}, {sst['mined']} skills mined ({sst['dropped']} dropped): "
                  f"{c['active']} active, {c['candidate']} candidate, {c['retired']} retired -> {a.out}/bank.md")
-    print(f"results: {a.algo}{'/' + a.backbone if siri else ''} on {a.env}, {done_iters} iterations, "
+    if base:
+        write_bank_md()
+        line += " | " + ", ".join(f"{k} {v}" for k, v in base.counts().items()) + f" -> {a.out}/bank.md"
+    print(f"results: {a.algo}{'' if a.algo in ('gigpo', 'grpo') else '/' + a.backbone} on {a.env}, {done_iters} iterations, "
           f"{rl_clock / 60:.1f} RL min, plain prompt: {line}", flush=True)
     rows = report.read_metrics(metrics_path)
     report.learning_curve(rows, os.path.join(a.out, "curve.png"), f"{a.algo} on {a.env}, seed {a.seed}")
