@@ -558,9 +558,11 @@ def main(argv=None):
                     skills.append(R.format_skill(s.fields) if s and use else None)
                     skill_ids.append(s.id if s and use else None)
             skills, skill_ids = P.my_slice(skills), P.my_slice(skill_ids)
+        t_skill = time.time()
         if base:  # the baseline's per-env skills: per-step callables (rollout.py), one tag per episode
             skills, skill_ids = base.assign(it + 1, tasks, a.group_size, rng, lambda task: describe(train, task))
             skills, skill_ids = P.my_slice(skills), P.my_slice(skill_ids)
+        t_skill = time.time() - t_skill  # + the bookkeeping after the rollout: a baseline's own overhead
 
         with P.unsharded(policy) as m, U.amp(a):  # this rank's G / W groups, all N rollouts of each
             steps, eps, st = R.rollout(m, tok, prompter, train, P.my_slice(tasks), a.group_size, sampling,
@@ -594,7 +596,7 @@ def main(argv=None):
             for wins in P.all_gather(mine.successes(steps, eps)):
                 for w in wins:
                     buffer.add(*w, it + 1)
-        base_m = {}
+        base_m, t1 = {}, time.time()
         if base:  # every rank: the same gathered episodes and steps, so the skill state stays the same everywhere
             all_eps = [e for r in P.all_gather(eps) for e in r]
             lite = [x for r in P.all_gather([SimpleNamespace(traj=s.traj, step=s.step, action=s.action, anchor=s.anchor,
@@ -607,6 +609,7 @@ def main(argv=None):
             for e in base.events[n_base_events:]:
                 log_event(it + 1, "skill", **e)
             n_base_events = len(base.events)
+            base_m["skill_s"] = t_skill + time.time() - t1
         lam = D.lambda_schedule(it - p2, a.lambda_max, a.lambda_ramp) if phase == 2 else 0.0
         blocks = skill_blocks(tok, bank, [sid for sid, _ in deltas.values()])
         delta = [deltas.get(steps[k].group, (None, None))[1] for k in keep]
