@@ -79,9 +79,13 @@ def results(a):
                 if "with_skills" in final:  # --eval-with-skills: the same policy, best active skill in the prompt
                     rows.setdefault(f"{algo} (with skills)", {}).setdefault(split, []).append(
                         final["with_skills"][split]["success"])
-            for r in read_metrics(os.path.join(d, "metrics.jsonl")):
+            metrics = read_metrics(os.path.join(d, "metrics.jsonl"))
+            for r in metrics:
                 if r.get("eval") and r["iter"] == 0:
                     boot.setdefault(s, []).append(r)
+            its = [r["iter_s"] for r in metrics if "iter_s" in r and "event" not in r]
+            if its:  # wall clock of rollouts + update per iteration (evaluation excluded): the training-time cost
+                rows[algo].setdefault("iter_s", []).append(statistics.mean(its))
     if boot:
         rows = {"bootstrap": {split: [statistics.mean(r[split]["success"] for r in rs) for rs in boot.values()]
                               for split in SPLITS}, **rows}
@@ -90,8 +94,9 @@ def results(a):
 
 def table(rows):
     fmt = lambda v: f"{statistics.mean(v):.3f} +- {statistics.pstdev(v):.3f} (n={len(v)})"
-    lines = ["| policy | " + " | ".join(SPLITS) + " |", "|---|" + "---|" * len(SPLITS)]
-    lines += [f"| {name} | " + " | ".join(fmt(r[s]) for s in SPLITS) + " |" for name, r in rows.items()]
+    secs = lambda r: f"{statistics.mean(r['iter_s']):.0f}" if r.get("iter_s") else "-"
+    lines = ["| policy | " + " | ".join(SPLITS) + " | s / iteration |", "|---|" + "---|" * len(SPLITS) + "---:|"]
+    lines += [f"| {name} | " + " | ".join(fmt(r[s]) for s in SPLITS) + f" | {secs(r)} |" for name, r in rows.items()]
     return "\n".join(lines)
 
 

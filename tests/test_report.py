@@ -14,7 +14,7 @@ def _run(d, boot, final, phases=()):
     """A fake finished train.py run: eval rows at iterations 0 and 3, iteration rows, phase events, final.json."""
     os.makedirs(d)
     ev = lambda it, x: {"iter": it, "eval": True, **{s: {"success": x[k], "n": 10} for k, s in enumerate(report.SPLITS)}}
-    rows = [ev(0, boot)] + [{"iter": i, "success": 0.1 * i} for i in (1, 2, 3)]
+    rows = [ev(0, boot)] + [{"iter": i, "success": 0.1 * i, "iter_s": 10.0 * i + boot[0] * 100} for i in (1, 2, 3)]
     rows += [{"event": "phase", "iter": it, "from": to - 1, "to": to} for it, to in phases] + [ev(3, final)]
     with open(os.path.join(d, "metrics.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
@@ -32,8 +32,8 @@ def test_table_mean_and_spread_over_seeds(tmp_path):
     assert rows["bootstrap"]["eval_seen"] == pytest.approx([0.2, 0.4])  # one value per seed, runs averaged
     assert rows["gigpo"]["eval_unseen"] == pytest.approx([0.5, 0.1])
     text = report.table(rows)
-    assert "| gigpo | 0.500 +- 0.100 (n=2) | 0.300 +- 0.200 (n=2) |" in text
-    assert "| siri | 0.500 +- 0.000 (n=1) |" in text
+    assert "| gigpo | 0.500 +- 0.100 (n=2) | 0.300 +- 0.200 (n=2) | 50 |" in text  # s / iteration: (40 + 60) / 2
+    assert "| siri | 0.500 +- 0.000 (n=1) | 0.500 +- 0.000 (n=1) | 40 |" in text
     assert text.splitlines()[2].startswith("| bootstrap | 0.300 +- 0.100 (n=2)")
 
 
