@@ -119,22 +119,27 @@ class SuccessBuffer:
         return buf
 
 
+def paths(steps):
+    """{traj: [(step, action, anchor), ...] in step order} from rollout steps (anything with .traj, .step,
+    .action, .anchor): each trajectory's actions, what mining and the baselines' skill writers read."""
+    out = {}
+    for s in steps:
+        out.setdefault(s.traj, []).append((s.step, s.action, s.anchor))
+    return {k: sorted(v) for k, v in out.items()}
+
+
 def successes(steps, episodes):
     """(task text, task type, actions) of every won plain episode of rollout.rollout's (steps, episodes), in
     episode order: what SuccessBuffer.add takes (train.py gathers these from every rank)."""
-    acts = {}
-    for s in steps:
-        if s.skill is None:
-            acts.setdefault(s.traj, []).append((s.step, s.action))
-    out = []
+    acts, out = paths(steps), []
     for e in episodes:
         if not e.won or e.skill is not None:
             continue
-        done = sorted(acts.get(e.traj, []))
-        assert [t for t, _ in done] == list(range(e.steps)), \
-            f"trajectory {e.traj}: plain steps {[t for t, _ in done]} for an episode of {e.steps} steps"
+        done = acts.get(e.traj, [])
+        assert [t for t, _, _ in done] == list(range(e.steps)), \
+            f"trajectory {e.traj}: plain steps {[t for t, _, _ in done]} for an episode of {e.steps} steps"
         text = getattr(e, "task_text", "") or getattr(e.task, "text", e.task)  # a shop task has no .text
-        out.append((text, e.task_type, [a for _, a in done]))
+        out.append((text, e.task_type, [a for _, a, _ in done]))
     return out
 
 
@@ -190,13 +195,21 @@ def parse_skill(text):
 def mine(policy, tok, env_description, trajectories, max_new_tokens=192, temperature=0.0, generator=None):
     """One skill per trajectory (anything with .task and .actions, e.g. a Success) from `policy` (any model.py
     model), one batched generate call. Returns ([(skill dict, trajectory)], n_dropped)."""
-    if not trajectories:
-        return [], 0
-    prompts = [R.chat_ids(tok, mining_prompt(env_description, t.task, t.actions)) for t in trajectories]
-    out = M.generate(policy, prompts, max_new_tokens, temperature, stop_ids=[tok.eos_token_id], generator=generator)
-    parsed = [(parse_skill(tok.decode(r, skip_special_tokens=True)), t) for r, t in zip(out.lists(), trajectories)]
+    texts = write(policy, tok, [mining_prompt(env_description, t.task, t.actions) for t in trajectories],
+                  max_new_tokens, temperature, generator)
+    parsed = [(parse_skill(text), t) for text, t in zip(texts, trajectories)]
     kept = [(s, t) for s, t in parsed if s is not None]
     return kept, len(parsed) - len(kept)
+
+
+@torch.no_grad()
+def write(model, tok, messages, max_new_tokens=192, temperature=0.0, generator=None):
+    """The model's answers to user messages (chat template), one batched generate call; greedy by default."""
+    if not messages:
+        return []
+    out = M.generate(model, [R.chat_ids(tok, m) for m in messages], max_new_tokens, temperature,
+                     stop_ids=[tok.eos_token_id], generator=generator)
+    return [tok.decode(r, skip_special_tokens=True) for r in out.lists()]
 
 
 # -----------------------------------------------------------------------------

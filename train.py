@@ -287,13 +287,10 @@ def main(argv=None):
                 if a.resume else cls(a, train.description))
     n_base_events = len(base.events) if base else 0
 
-    @torch.no_grad()
-    def write_skills(prompts, max_new_tokens=192):  # baselines' reflection / creator: greedy, same texts on every rank
-        ids = [R.chat_ids(miner_tok, q) for q in P.strided(prompts)]
+    def write_skills(messages):  # baselines' reflection / creator: greedy, each rank every W-th, all ranks get all
         with P.unsharded(miner) as m, U.amp(a):
-            out = M.generate(m, ids, max_new_tokens, 0.0, stop_ids=[miner_tok.eos_token_id]).lists() if ids else []
-        got = P.all_gather([miner_tok.decode(r, skip_special_tokens=True) for r in out])
-        return [got[i % P.WORLD][i // P.WORLD] for i in range(len(prompts))]
+            got = P.all_gather(mine.write(m, miner_tok, P.strided(messages)))
+        return [got[i % P.WORLD][i // P.WORLD] for i in range(len(messages))]
 
     def run_eval(it, n, with_skills=False):  # each rank plays every W-th task; rank 0 logs the merged result
         row = {"iter": it, "eval": True, "rl_s": rl_clock, **({"with_skills": True} if with_skills else {})}
@@ -405,8 +402,8 @@ def main(argv=None):
         t_roll = time.time() - t0
         if not steps:  # (only --env-errors fail with every env of this rank failing at reset)
             raise RuntimeError(f"iteration {it + 1}: every environment on rank {P.RANK} failed at reset")
-        if a.algo == "d2skill":
-            base.bonus(steps, eps)  # + lambda * c_i on skill-half returns (rank-local groups), before the advantages
+        if base:
+            base.bonus(steps, eps)  # D2Skill: + lambda * c_i on skill-half returns (rank-local groups), in place
         adv = step_advantages(steps, a)
         by_group = {}
         for e in eps:
@@ -434,11 +431,7 @@ def main(argv=None):
             all_eps = [e for r in P.all_gather(eps) for e in r]
             lite = [x for r in P.all_gather([SimpleNamespace(traj=s.traj, step=s.step, action=s.action, anchor=s.anchor,
                                                              skill=s.skill) for s in steps]) for x in r]
-            if a.algo == "d2skill":  # utilities (and pruning), then reflection on low-success groups
-                base_m = {**base.observe(it + 1, all_eps, [(s.traj, s.skill) for s in lite]),
-                          **base.reflect(it + 1, all_eps, lite, write_skills)}
-            else:  # posteriors and the accept / revert test, then the creator
-                base_m = {**base.observe(it + 1, all_eps), **base.propose(it + 1, all_eps, lite, write_skills)}
+            base_m = base.update(it + 1, all_eps, lite, write_skills)  # bookkeeping, then skills written by the miner
             for e in base.events[n_base_events:]:
                 log_event(it + 1, "skill", **e)
             n_base_events = len(base.events)

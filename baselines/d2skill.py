@@ -31,8 +31,8 @@ Per iteration, train.py (every rank the same calls, on the same gathered data, s
     skills, ids = d2.assign(it, tasks, N, rng, describe)   # all G x N envs; slice per rank like SIRI's
     steps, eps, _ = R.rollout(..., skills=my_slice(skills), skill_ids=my_slice(ids))
     d2.bonus(steps, eps)                                    # rank-local, in place, BEFORE the advantages
-    m = d2.observe(it, all_eps, all_step_skills)            # gathered: eps, [(s.traj, s.skill) for s in steps]
-    m |= d2.reflect(it, all_eps, all_steps, generate)       # steps need only .traj .step .action .anchor;
+    m = d2.update(it, all_eps, all_steps, generate)         # gathered: observe (utilities, pruning), then reflect;
+                                                            # steps need only .traj .step .action .anchor .skill;
                                                             # generate must give every rank the same texts
 Flags (FLAGS; train.py adds them to its argparse): --d2-lambda 1.0, --d2-ema 0.5, --d2-reflect-below 0.5,
 --d2-reflect-failed 0, --d2-candidates 10, --d2-sim-weight 0.1, --d2-explore 0.05, --d2-top-k 1,
@@ -42,7 +42,8 @@ Departures from the paper
 1. Similarity is lexical, TF-IDF cosine over lowercase words without digits (object ids), idf from the pool's
    own skills: no embedding model can be downloaded here. Cosine (unlike BM25) lies in [0, 1] like the paper's
    embedding cosine, so the 0.1 * sim term and a floor keep their meaning. The floor is 0.2, not 0.7: lexical
-   cosine is lower than embedding cosine. Task queries of 60 train tasks against task-skill docs of 60 others
+   cosine is lower than embedding cosine. Measured once by an ad-hoc script (not in the repo, indicative only):
+   task queries of 60 train tasks against task-skill docs of 60 others
    (type + task + a 'when' sentence): a 0.2 floor keeps 94% (household) / 80% (shop) of the same-type pairs and
    15% / 12% of the other-type ones (0.1: 100% / 100% and 51% / 70%; 0.3: 82% / 55% and 4% / 1%).
 2. top_k defaults to 1 per pool (paper 3 ALFWorld, 1 WebShop): the embedded tiny policy (bootstrap.py) was
@@ -295,22 +296,24 @@ class D2Skill:
                 n += 1
         return n
 
+    def update(self, it, eps, steps, generate):
+        """After a rollout (train.py, every rank, gathered data): utilities and pruning, then reflection."""
+        return {**self.observe(it, eps, [(s.traj, s.skill) for s in steps]), **self.reflect(it, eps, steps, generate)}
+
     def reflect(self, it, eps, steps, generate):
         """New skills from groups with success rate <= reflect_below (module docstring). generate(list of user
         messages) -> list of texts, one call. -> metrics."""
-        acts = {}  # traj -> [(step, action, observation)]
-        for s in steps:
-            acts.setdefault(s.traj, []).append((s.step, s.action, s.anchor))
+        acts = mine.paths(steps)  # traj -> [(step, action, observation)]
         jobs, skipped = [], 0  # (pool, task type, task, observation, prompt)
         for g, es in sorted(_groups(eps).items()):
             if sum(e.won for e in es) / len(es) > self.reflect_below:
                 continue
             best = max(es, key=lambda e: (e.won, e.score, -e.steps, -e.traj))
-            path = sorted(acts.get(best.traj, []))
+            path = acts.get(best.traj, [])
             if not path or (not best.won and not self.reflect_failed):
                 skipped += 1
                 continue
-            t = _divergence(path, [sorted(acts.get(e.traj, [])) for e in es if not e.won and e is not best])
+            t = _divergence(path, [acts.get(e.traj, []) for e in es if not e.won and e is not best])
             task, actions = best.task_text or str(best.task), [a for _, a, _ in path]
             jobs.append(("task", best.task_type, task, "", mine.mining_prompt(self.description, task, actions)))
             jobs.append(("step", best.task_type, task, path[t][2],

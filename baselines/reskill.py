@@ -173,7 +173,7 @@ def _same(a, b):
 
 class ReSkill:
     """ReSkill's versions, A/B test, discounted posteriors and creator. Call order per iteration: assign ->
-    rollout -> observe (every rank's episodes) -> propose. Deterministic given the rng passed to assign."""
+    rollout -> bonus (none) -> update = observe (every rank's episodes) + propose. Deterministic given the rng passed to assign."""
 
     def __init__(self, a, description):
         g = lambda name: getattr(a, name[2:].replace("-", "_"))
@@ -297,11 +297,18 @@ class ReSkill:
 
     # --- the creator
 
+    def bonus(self, steps, eps):
+        """ReSkill shapes no reward (train.py calls every baseline's bonus before the advantages)."""
+
+    def update(self, it, eps, steps, generate):
+        """After a rollout (train.py, every rank, gathered data): the test's posteriors and decision, then the creator."""
+        return {**self.observe(it, eps), **self.propose(it, eps, steps, generate)}
+
     def propose(self, it, eps, steps, generate):
         """With no test running (and it % create_every == 0): write skills from this iteration's successes with
         generate(list of user messages) -> list of texts (greedy) and propose the revised set (departures 1-3).
         eps: every rank's episodes (.traj unique, .won, .task_text, .task_type); steps: theirs (.traj, .step,
-        .action). Returns metrics."""
+        .action, .anchor). Returns metrics."""
         out = dict(proposed=0, create_prompts=0, create_dropped=0, create_unchanged=0)
         if self.new is not None or it % self.create_every != 0:
             return out
@@ -313,16 +320,13 @@ class ReSkill:
         keys = sorted((k for k in by_key if any(e.won for e in by_key[k])), key=lambda k: (rate(k), k))
         keys = keys[:self.create_count]
         wins = {e.traj for k in keys for e in by_key[k] if e.won}
-        acts = {}
-        for s in steps:
-            if s.traj in wins:
-                acts.setdefault(s.traj, []).append((s.step, s.action))
+        acts = mine.paths([s for s in steps if s.traj in wins])
         picks = []
         for k in keys:
             e = min((e for e in by_key[k] if e.won), key=lambda e: (len(acts.get(e.traj, [])), e.traj))
-            done = sorted(acts.get(e.traj, []))
-            assert done and [t for t, _ in done] == list(range(len(done))), f"trajectory {e.traj}: steps missing"
-            picks.append((k, e, [a for _, a in done]))
+            done = acts.get(e.traj, [])
+            assert done and [t for t, _, _ in done] == list(range(len(done))), f"trajectory {e.traj}: steps missing"
+            picks.append((k, e, [a for _, a, _ in done]))
         if not picks:
             return out
         texts = generate([mine.mining_prompt(self.description, e.task_text, acts_) for _, e, acts_ in picks])

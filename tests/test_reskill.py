@@ -193,7 +193,7 @@ def trajectories():
     spec = [(0, "heat", "heat an egg.", True, 3), (1, "heat", "heat a mug.", True, 2),
             (2, "cool", "cool an apple.", True, 2), (3, "cool", "cool a pan.", False, 4)]
     es = [NS(traj=t, group=t, won=w, task_text=txt, task_type=k, skill="old") for t, k, txt, w, _ in spec]
-    ss = [NS(traj=t, step=i, action=f"act {t}.{i}") for t, *_, n in spec for i in reversed(range(n))]
+    ss = [NS(traj=t, step=i, action=f"act {t}.{i}", anchor="") for t, *_, n in spec for i in reversed(range(n))]
     return es, ss
 
 
