@@ -3,6 +3,7 @@ FSDP2); the update on split data equals the single-process update; metrics are s
 stay identical across ranks; a checkpoint written under FSDP2 loads. Each launch is a subprocess."""
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -89,3 +90,32 @@ def test_fsdp_crash_and_resume_replays_the_run(policy_dir, tmp_path):  # noqa: F
     assert [strip(r) for r in rows[0]] == [strip(r) for r in rows[1]]
     w = [M.load(os.path.join(d, "ckpt")).state_dict() for d in (full, cut)]
     assert all(torch.equal(w[0][k], w[1][k]) for k in w[0])
+
+
+@pytest.mark.parametrize("algo", ["d2skill", "reskill"])
+def test_baseline_on_two_ranks(policy_dir, tmp_path, algo):  # noqa: F811
+    """A baseline's state is updated from gathered episodes on every rank and its skills are written strided
+    over the ranks and gathered: both ranks hold the same state after every iteration, and each written skill
+    answers its own prompt (the gather keeps the order)."""
+    out = str(tmp_path / "run")
+    flags = ["baseline", "--model", policy_dir, "--out", out, "--algo", algo, "--iters", "3", "--groups", "4",
+             "--group-size", "4", "--train-tasks", "4", "--max-steps", "3", "--max-new-tokens", "8", "--threads",
+             "1", "--eval-tasks", "2", "--final-eval-tasks", "2", "--eval-max-steps", "1", "--lr", "1e-3",
+             "--eval-with-skills", "--rs-min-iters", "1", "--rs-min-episodes", "4"]
+    torchrun(*flags)
+    states = [[json.loads(l) for l in open(os.path.join(out, f"base_rank{r}.jsonl"))] for r in (0, 1)]
+    assert len(states[0]) == 3 and states[0] == states[1]
+    rows = [json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))]
+    its = [r for r in rows if not r.get("eval") and "event" not in r]
+    assert [r["iter"] for r in its] == [1, 2, 3]
+    for r in its:
+        assert r["ranks"]["episodes"] == [8, 8] and len(set(r["ranks"]["param_sum"])) == 1
+    last = states[0][-1]
+    if algo == "d2skill":
+        skills = last["skills"]
+        assert {s["pool"] for s in skills} == {"task", "step"}
+        for s in skills:  # the answer written for this skill's own task (step prompts carry the same task)
+            assert s["when"] == "For " + " ".join(re.sub(r"[0-9]", "", s["task"].rstrip(".")).split()), s
+    else:
+        assert last["events"] and any(s for s in (last.get("old") or []) + (last.get("new") or []))
+    assert json.load(open(os.path.join(out, "ckpt", "baseline.json"))) == last

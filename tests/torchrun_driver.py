@@ -2,6 +2,7 @@
 
     torchrun --nproc_per_node=2 tests/torchrun_driver.py siri <train.py flags>   # a SIRI run through all phases
     torchrun --nproc_per_node=2 tests/torchrun_driver.py update <policy dir> <ddp|fsdp> <out.json>
+    torchrun --nproc_per_node=2 tests/torchrun_driver.py baseline <train.py flags with --algo d2skill|reskill>
 
 siri: the same test hooks as tests/test_siri.py's siri_run (the tiny random policy never wins): every plain
 episode counts as won, the miner answers bootstrap's reference skill, every delta_g is +1 and advantages are
@@ -9,10 +10,14 @@ positive, so phases 1 and 2 and the distillation run on every rank. With CRASH_A
 training rollout raises (then the test resumes the run).
 update: one train_step on 12 synthetic samples split 6 / 6 over the ranks, against the same step on all 12 in
 one process (computed on every rank with WORLD forced to 1): the parameters must agree.
+baseline: episodes whose traj id is divisible by 4 count as won, and the skill writer (mine.write) answers
+"When to apply: For <the task of the prompt>" so the gathered answers can be checked against their prompts;
+after every update each rank appends its baseline state to <out>/base_rank<R>.jsonl.
 """
 import json
 import os
 import random
+import re
 import sys
 from dataclasses import replace
 from types import SimpleNamespace
@@ -44,6 +49,31 @@ def siri(flags):
             raise RuntimeError("simulated crash")
         return real_rollout(*args, **kw)
     R.rollout = rollout
+    train.main(flags)
+
+
+def baseline(flags):
+    real_rollout = R.rollout
+
+    def rollout(*args, **kw):
+        steps, eps, st = real_rollout(*args, **kw)
+        return steps, [replace(e, won=e.traj % 4 == 0) if args[5] > 1 else e for e in eps], st
+
+    def write(model, tok, messages, **kw):
+        tasks = [re.search(r"solved the task: (.*?)\.\n", m).group(1) for m in messages]
+        return [f"When to apply: For {re.sub(r'[0-9]', '', t)}\nStrategy: Follow the path.\nKey steps: a | b | c"
+                for t in tasks]
+    R.rollout, mine.write = rollout, write
+    a = train.get_args(flags)
+    cls = train.BASELINES[a.algo]
+    real_update = cls.update
+
+    def update(self, *args, **kw):
+        m = real_update(self, *args, **kw)
+        with open(os.path.join(a.out, f"base_rank{P.RANK}.jsonl"), "a") as f:
+            f.write(json.dumps(self.state(), sort_keys=True) + "\n")
+        return m
+    cls.update = update
     train.main(flags)
 
 
@@ -81,6 +111,8 @@ if __name__ == "__main__":
     P.init("cpu")
     if sys.argv[1] == "siri":
         siri(sys.argv[2:])
+    elif sys.argv[1] == "baseline":
+        baseline(sys.argv[2:])
     else:
         update(*sys.argv[2:])
     P.exit()
