@@ -11,7 +11,9 @@ Everything after `--` goes to every train.py run unchanged. Each run writes to O
 OUT/ALGO_sSEED.log); a run whose final.json exists is not run again, so an interrupted table resumes where
 it stopped. The "bootstrap" row is each run's evaluation at iteration 0 (the starting policy on the same
 held-out tasks, which depend on the seed), averaged over all runs of that seed first. Spread is the
-population standard deviation over seeds (with 3 seeds, about the noise of the mean itself).
+population standard deviation over seeds (with 3 seeds, about the noise of the mean itself). A second table
+gives each algorithm's cost per iteration: seconds (all, generation, update, a baseline's own skill work) and
+tokens generated and trained. Token counts do not depend on what else runs on the cores; seconds do.
 
 One run (train.py calls these at its end; `python report.py --curve RUN_DIR` redraws a run's picture):
 `run_table` is the start-vs-end table of its held-out evaluations, `learning_curve` the PNG of rollout
@@ -100,6 +102,38 @@ def table(rows):
     return "\n".join(lines)
 
 
+COSTS = (("iter_s", "s / iteration"), ("gen_s", "generation s"), ("train_s", "update s"),
+         ("skill_s", "skill s"), ("gen_tok", "tokens generated"), ("train_tok", "tokens trained"))
+
+
+def costs(a):
+    """{algo: {cost: [per-seed mean over iterations]}}: where an iteration's time goes, and its token counts,
+    which two runs sharing the cores do not disturb (tokens = the logged rate x its time)."""
+    out = {}
+    for algo in a.algos:
+        for s in a.seeds:
+            d = os.path.join(a.out, f"{algo}_s{s}")
+            if not os.path.exists(os.path.join(d, "final.json")):
+                continue
+            its = [r for r in read_metrics(os.path.join(d, "metrics.jsonl")) if "iter_s" in r and "event" not in r]
+            for r in its:
+                for k in ("gen", "train"):
+                    if f"{k}_tok_s" in r:
+                        r[f"{k}_tok"] = r[f"{k}_tok_s"] * r[f"{k}_s"]
+            for k, _ in COSTS:
+                if its and all(k in r for r in its):
+                    out.setdefault(algo, {}).setdefault(k, []).append(statistics.mean(r[k] for r in its))
+    return out
+
+
+def cost_table(rows):
+    """Markdown: per algorithm, the mean over seeds of each run's mean per iteration (time in s, tokens)."""
+    cell = lambda v, k: "-" if not v else f"{statistics.mean(v):.0f}" if k.endswith("tok") else f"{statistics.mean(v):.2f}"
+    lines = ["| per iteration | " + " | ".join(name for _, name in COSTS) + " |", "|---|" + "---:|" * len(COSTS)]
+    lines += [f"| {algo} | " + " | ".join(cell(r.get(k), k) for k, _ in COSTS) + " |" for algo, r in rows.items()]
+    return "\n".join(lines)
+
+
 def read_metrics(path):
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
@@ -153,6 +187,8 @@ def main(argv=None):
             f.write(" ".join([sys.executable, *sys.argv]) + "\n")
         run_all(a)
     text = table(results(a))
+    if c := costs(a):
+        text += "\n\n" + cost_table(c)
     with open(os.path.join(a.out, "table.md"), "w") as f:
         f.write(text + "\n")
     print(text)

@@ -37,6 +37,25 @@ def test_table_mean_and_spread_over_seeds(tmp_path):
     assert text.splitlines()[2].startswith("| bootstrap | 0.300 +- 0.100 (n=2)")
 
 
+def test_cost_table_means_per_run_then_over_seeds(tmp_path):
+    out = str(tmp_path)
+    for seed, x in ((0, 1.0), (1, 3.0)):
+        _run(f"{out}/d2skill_s{seed}", (0.2, 0.3), (0.4, 0.5))
+        with open(f"{out}/d2skill_s{seed}/metrics.jsonl", "w") as f:  # iterations with every cost logged
+            for i in (1, 2):
+                f.write(json.dumps({"iter": i, "iter_s": 10 * x * i, "gen_s": x * i, "train_s": 2.0, "skill_s": 0.5,
+                                    "gen_tok_s": 100.0, "train_tok_s": 50.0 * i}) + "\n")
+    _run(f"{out}/gigpo_s0", (0.2, 0.3), (0.4, 0.5))  # no cost columns logged: only its s / iteration
+    a = report.get_args(["--out", out, "--algos", "d2skill", "gigpo", "--seeds", "0", "1", "--dry-run"])
+    c = report.costs(a)
+    assert c["d2skill"]["gen_tok"] == pytest.approx([150.0, 450.0])  # seed 0: (100 x 1 + 100 x 2) / 2
+    assert c["d2skill"]["train_tok"] == pytest.approx([150.0, 150.0])  # (50 x 2 + 100 x 2) / 2
+    assert set(c["gigpo"]) == {"iter_s"}
+    text = report.cost_table(c)
+    assert "| d2skill | 30.00 | 3.00 | 2.00 | 0.50 | 300 | 150 |" in text  # iter_s seed means 15 (x=1), 45 (x=3)
+    assert "| gigpo | 40.00 | - | - | - | - | - |" in text  # the fake run's iter_s: 10 i + 20, i = 1..3
+
+
 def test_train_args_pass_through_after_double_dash():
     a = report.get_args(["--seeds", "3", "--", "--model", "m", "--iters", "2"])
     assert a.seeds == [3] and a.train_args == ["--model", "m", "--iters", "2"]
