@@ -67,27 +67,32 @@ def run_all(a):
                     print(f"  see {name}.log", flush=True)
 
 
-def results(a):
-    """{row: {split: [per-seed success]}} from the finished runs."""
-    rows, boot = {}, {}
+def finished(a):
+    """(algo, seed, run dir) of every run of the table whose final.json exists."""
     for algo in a.algos:
         for s in a.seeds:
             d = os.path.join(a.out, f"{algo}_s{s}")
-            if not os.path.exists(os.path.join(d, "final.json")):
-                continue
-            final = json.load(open(os.path.join(d, "final.json")))
-            for split in SPLITS:
-                rows.setdefault(algo, {}).setdefault(split, []).append(final[split]["success"])
-                if "with_skills" in final:  # --eval-with-skills: the same policy, best active skill in the prompt
-                    rows.setdefault(f"{algo} (with skills)", {}).setdefault(split, []).append(
-                        final["with_skills"][split]["success"])
-            metrics = read_metrics(os.path.join(d, "metrics.jsonl"))
-            for r in metrics:
-                if r.get("eval") and r["iter"] == 0:
-                    boot.setdefault(s, []).append(r)
-            its = [r["iter_s"] for r in metrics if "iter_s" in r and "event" not in r]
-            if its:  # wall clock of rollouts + update per iteration (evaluation excluded): the training-time cost
-                rows[algo].setdefault("iter_s", []).append(statistics.mean(its))
+            if os.path.exists(os.path.join(d, "final.json")):
+                yield algo, s, d
+
+
+def results(a):
+    """{row: {split: [per-seed success]}} from the finished runs."""
+    rows, boot = {}, {}
+    for algo, s, d in finished(a):
+        final = json.load(open(os.path.join(d, "final.json")))
+        for split in SPLITS:
+            rows.setdefault(algo, {}).setdefault(split, []).append(final[split]["success"])
+            if "with_skills" in final:  # --eval-with-skills: the same policy, best active skill in the prompt
+                rows.setdefault(f"{algo} (with skills)", {}).setdefault(split, []).append(
+                    final["with_skills"][split]["success"])
+        metrics = read_metrics(os.path.join(d, "metrics.jsonl"))
+        for r in metrics:
+            if r.get("eval") and r["iter"] == 0:
+                boot.setdefault(s, []).append(r)
+        its = [r["iter_s"] for r in metrics if "iter_s" in r and "event" not in r]
+        if its:  # wall clock of rollouts + update per iteration (evaluation excluded): the training-time cost
+            rows[algo].setdefault("iter_s", []).append(statistics.mean(its))
     if boot:
         rows = {"bootstrap": {split: [statistics.mean(r[split]["success"] for r in rs) for rs in boot.values()]
                               for split in SPLITS}, **rows}
@@ -110,19 +115,15 @@ def costs(a):
     """{algo: {cost: [per-seed mean over iterations]}}: where an iteration's time goes, and its token counts,
     which two runs sharing the cores do not disturb (tokens = the logged rate x its time)."""
     out = {}
-    for algo in a.algos:
-        for s in a.seeds:
-            d = os.path.join(a.out, f"{algo}_s{s}")
-            if not os.path.exists(os.path.join(d, "final.json")):
-                continue
-            its = [r for r in read_metrics(os.path.join(d, "metrics.jsonl")) if "iter_s" in r and "event" not in r]
-            for r in its:
-                for k in ("gen", "train"):
-                    if f"{k}_tok_s" in r:
-                        r[f"{k}_tok"] = r[f"{k}_tok_s"] * r[f"{k}_s"]
-            for k, _ in COSTS:
-                if its and all(k in r for r in its):
-                    out.setdefault(algo, {}).setdefault(k, []).append(statistics.mean(r[k] for r in its))
+    for algo, _, d in finished(a):
+        its = [r for r in read_metrics(os.path.join(d, "metrics.jsonl")) if "iter_s" in r and "event" not in r]
+        for r in its:
+            for k in ("gen", "train"):
+                if f"{k}_tok_s" in r:
+                    r[f"{k}_tok"] = r[f"{k}_tok_s"] * r[f"{k}_s"]
+        for k, _ in COSTS:
+            if its and all(k in r for r in its):
+                out.setdefault(algo, {}).setdefault(k, []).append(statistics.mean(r[k] for r in its))
     return out
 
 
