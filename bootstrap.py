@@ -1,5 +1,5 @@
 """
-bootstrap.py: the embedded default policy, for runs with no --model (SPEC 8).
+bootstrap.py: the embedded default policy, for runs with no --model (docs/algorithm.md, "Embedded default policy").
 
 No pretrained instruct model can be downloaded here, and a 135M model trains
 at a few hundred tokens/s on 2 CPU cores, too slow for RL in minutes. So with
@@ -13,7 +13,7 @@ instruct pre-training a real LLM brings:
    trained on) so that off-path states and recoveries appear. Each step is one
    (prompt, "<action>a</action>") pair, the prompt built by rollout.Prompter
    exactly as in RL;
-2. skills: 40% of episodes carry a correct skill block (SPEC 2's three
+2. skills: 40% of episodes carry a correct skill block (a skill's three
    fields, phrasings drawn at random); household: half of those use a
    target-first variant that the expert then follows, so the block must be
    read to act right. Plain episodes of the rare task types (household: heat,
@@ -70,7 +70,7 @@ ENV_DEFAULTS = {"shop": dict(history=1, entity_tokens=1, demos=1200, sft_steps=1
                              rare_plain=0.2)}
 
 
-# Reference skills (SPEC 2's three fields) per household task type: what a good miner writes. Each field has
+# Reference skills (a skill's three fields) per household task type: what a good miner writes. Each field has
 # phrasings to draw from, so that reading a skill is learned as language, not as one fixed string.
 _PROCESS = dict(pick_clean_then_place_in_recep=("clean", "cleaned", "sinkbasin"),
                 pick_heat_then_place_in_recep=("heat", "hot", "microwave"),
@@ -160,7 +160,7 @@ def demonstrations(suite, n, seed, prompter_text, noise=0.25, skill_frac=0.0, ra
     A fraction `skill_frac` of episodes carry a correct skill block for their task type; half of those use the
     target-first variant and the expert follows it, so the skill must be read to act right. Plain episodes of the
     `rare` task types are kept with probability `rare_plain` only: the plain policy lacks their procedures,
-    which skills then supply (SPEC 8)."""
+    which skills then supply (docs/algorithm.md, "Embedded default policy")."""
     rng = random.Random(seed)
     tasks = list(suite.tasks)
     rng.shuffle(tasks)

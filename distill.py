@@ -1,5 +1,5 @@
 """
-distill.py: SIRI phase 2, internalization (SPEC section 2): cross-context
+distill.py: SIRI phase 2, internalization (docs/algorithm.md, "Internalization"): cross-context
 self-distillation of a skill in the prompt into the plain-prompt policy.
 Pure functions: tensors and lists in, tensors out.
 

@@ -1,6 +1,6 @@
 """
 gigpo.py: the base optimizer. GiGPO advantages (Group-in-Group Policy
-Optimization, arXiv 2505.10978, SPEC section 3) and the PPO-style policy loss
+Optimization, arXiv 2505.10978; docs/algorithm.md, "GiGPO") and the PPO-style policy loss
 of verl / verl-agent, as pure functions: tensors and lists in, tensors out.
 
 Contract
@@ -27,7 +27,7 @@ The math, with p = invalid_penalty and F the group normaliser:
 
 Decisions and departures (from the paper and from the verl-agent code)
 1. The invalid-format penalty is a per-step negative reward applied in two
-   places (SPEC 3.2). In the episode score it counts once per invalid step of
+   places. In the episode score it counts once per invalid step of
    the trajectory (the paper's R(tau) = sum_t r_t, the penalty counted as a
    reward), so A_E lowers every step of that trajectory alike. In the step
    return it is subtracted after discounting, so only the invalid step's own

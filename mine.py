@@ -1,5 +1,6 @@
 """
-mine.py: SIRI's phase 0 success buffer and phase 1 skill mining, paired validation and skill bank (SPEC 2).
+mine.py: SIRI's phase 0 success buffer and phase 1 skill mining, paired validation and skill bank (docs/algorithm.md, "Mining", "Retrieval",
+"Validation and lifecycle").
 
 Contract
 - `SuccessBuffer`: successful plain (skill-free) trajectories of the rollouts (task text, task type, actions in

@@ -1,5 +1,5 @@
 """
-rollout.py: the agent-environment protocol (SPEC section 4), batched
+rollout.py: the agent-environment protocol (docs/algorithm.md, "Agent-environment protocol"), batched
 multi-turn rollouts through model.generate, and evaluation.
 
 Contract
@@ -8,7 +8,7 @@ Contract
   instruction) as one user message through the tokenizer's chat template. An
   optional skill block sits at a fixed place (after the task line). The prompt
   is tokenized in pieces around that place, so removing the block leaves the
-  plain prompt's ids exactly (SIRI's teacher and student contexts, [4/7]).
+  plain prompt's ids exactly (SIRI's teacher and student contexts).
 - `project(text, think)` is the GiGPO code's action projection: lowercase, the
   text between the first <action> and </action> is the action; a missing tag
   makes the step invalid and sends the last 30 characters instead; in the think
@@ -20,7 +20,7 @@ Contract
   batched generate call over the envs still running. Each env step becomes a
   `Step` sample (prompt ids, response ids, sampled-token log-probs, reward,
   validity, anchor, group, trajectory, step index, skill). Reward is
-  reward_scale x won at the winning step (SPEC 4: 10 x won), else 0; episodes
+  reward_scale x won at the winning step (10 x won by default), else 0; episodes
   cut by the step cap get none; envs that finish are not stepped again.
   An exception from env.reset / env.step (env_errors): "raise" stops with a
   RuntimeError naming the env, task, step and action; "fail" ends that episode
@@ -29,7 +29,7 @@ Contract
   reports success (and the shop's [0,1] score) overall and per task type.
 
 Departures from the GiGPO code
-1. The prompt wording is ours (SPEC 4's template); the GiGPO code words the
+1. The prompt wording is ours (the GiGPO code's template); the GiGPO code words the
    step-0 prompt differently ("no history"), we use one template for all steps.
 2. An action-only format (`think=False`, the default for tiny models) asks for
    just <action>...</action>; the GiGPO code always asks for <think> first.
@@ -48,7 +48,7 @@ SKILL_MARK = "\u2063SKILL\u2063"  # invisible separator: never produced by an en
 
 
 def format_skill(skill):
-    """The skill block: the three fields of SPEC 2 (a dict with when / strategy / steps)."""
+    """The skill block: a skill's three fields (a dict with when / strategy / steps; docs/algorithm.md, "Mining")."""
     return (f"A skill that may help:\nWhen to apply: {skill['when']}\nStrategy: {skill['strategy']}\n"
             f"Key steps: {skill['steps']}\n")
 
@@ -109,7 +109,7 @@ _CJK = re.compile(r"[\u4e00-\u9fff]")
 
 
 def project(text, think=False):
-    """Model output -> (action, valid), as the GiGPO code's projection (SPEC 4)."""
+    """Model output -> (action, valid), as the GiGPO code's projection (docs/algorithm.md, "Agent-environment protocol")."""
     low = text.lower()
     a, b = low.find("<action>"), low.find("</action>")
     if a == -1 or b == -1 or b < a:

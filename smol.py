@@ -1,5 +1,5 @@
 """
-smol.py: SIRI's language with a real instruct LM, SmolLM2-135M-Instruct, offline on one CPU thread ([4/7]).
+smol.py: SIRI's language with a real instruct LM, SmolLM2-135M-Instruct, offline on one CPU thread.
 
 The embedded tiny policy (bootstrap.py) is trained on our mining prompt and skill block, so it shows SIRI's
 mechanics, not that they work as language. Here the same code runs a pretrained instruct model that has never

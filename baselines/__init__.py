@@ -1,2 +1,2 @@
-"""baselines: the related systems of SPEC 6, each one file with the duck-typed interface train.py calls
+"""baselines: the related skill systems (docs/algorithm.md, "Baselines"), each one file with the duck-typed interface train.py calls
 (d2skill.py: D2Skill's dual-granularity skill bank)."""

@@ -1,5 +1,5 @@
 """
-baselines/d2skill.py: D2Skill (arXiv 2603.28716, SPEC 6), a dual-granularity skill bank trained with the policy.
+baselines/d2skill.py: D2Skill (arXiv 2603.28716; docs/algorithm.md, "Baselines"), a dual-granularity skill bank trained with the policy.
 
 Contract
 - Two pools of skills with SIRI's three fields (rollout.format_skill): task skills, retrieved once per episode

@@ -1,5 +1,5 @@
 """
-baselines/reskill.py: ReSkill (arXiv 2606.01619, SPEC 6), skill sets revised by the policy and A/B tested in RL.
+baselines/reskill.py: ReSkill (arXiv 2606.01619; docs/algorithm.md, "Baselines"), skill sets revised by the policy and A/B tested in RL.
 
 What it does
 - A skill: a short document (mine.py's three fields, shown by rollout.format_skill) with a trigger: "always",

@@ -4,7 +4,7 @@ envs: the two built-in text environments and the interface the rollout code uses
 The paper's benchmarks, ALFWorld and WebShop, need data downloads (and Java for
 WebShop's search index) that these machines cannot do. So the project ships two
 offline, procedurally generated stand-ins that follow their text conventions,
-action grammars and reward definitions (SPEC sections 4-5):
+action grammars and reward definitions (docs/algorithm.md, "Environments"):
 
     household   ALFWorld-like: six task types, receptacles, "Nothing happens."   envs/household.py
     shop        WebShop-like: search / results / item pages, WebShop's reward    envs/shop.py
@@ -43,7 +43,7 @@ step cap, no terminal reward), action_admissible (bool: was the action valid her
 
 Rewards are the env's own: household returns 1.0 at the winning step (0 otherwise);
 shop returns WebShop's [0,1] purchase reward at `click[buy now]`. The RL code turns
-these into SPEC 4's `10 x won`. Episodes cut by the step cap (50 / 15) end with
+these into `10 x won` (rollout.py). Episodes cut by the step cap (50 / 15) end with
 done=True, reward 0 and info["truncated"] = True.
 
 Tasks are small frozen dataclasses (JSON-able via dataclasses.asdict): task i of a
@@ -79,7 +79,7 @@ class Suite:
     name: str
     split: str
     tasks: list
-    description: str  # slots into SPEC 4's prompt: "You are an expert agent operating in <description>."
+    description: str  # slots into the prompt (rollout.Prompter): "You are an expert agent operating in <description>."
     max_steps: int
     env_cls: Callable[[], Any]
 

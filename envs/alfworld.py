@@ -43,7 +43,7 @@ eval_unseen holds out floor plans and (object, receptacle) pairings that train n
 Interface (envs/__init__.py)
 ----------------------------
 reset(task) -> Observation; step(action) -> (obs, reward, done, info). text: the engine's feedback, the
-welcome banner cut from the first one; anchor = text (SPEC 3: the raw current observation, no history);
+welcome banner cut from the first one; anchor = text (GiGPO's anchor: the raw current observation, no history);
 admissible: the engine's commands, sorted, without "help" (the GiGPO code drops it too); task: the text
 after "Your task is to: "; task_type: traj_data.json's. Reward 1.0 at the winning step, else 0; 50 steps at
 most (then done, reward 0, info["truncated"]). An action the engine does not know gets the engine's own
@@ -79,7 +79,7 @@ from envs import Observation
 from envs import alfworld_gen as gen
 
 MAX_STEPS = 50
-DESCRIPTION = "the ALFRED Embodied Environment"  # GiGPO's ALFWorld prompt phrase (SPEC 4 <env>)
+DESCRIPTION = "the ALFRED Embodied Environment"  # GiGPO's ALFWorld prompt phrase (the prompt's <env>)
 DEFAULT_N_TASKS = {"train": 3553, "eval_seen": 140, "eval_unseen": 134}  # ALFWorld's split sizes
 DEFAULT_GAMES = os.path.join("runs", "alfworld_games")
 # $ALFWORLD_DATA as the user set it, read at import: importing the alfworld package sets it to ~/.cache/alfworld

@@ -71,7 +71,7 @@ Departures from the real ALFWorld
 2. Object and receptacle vocabularies, canContain and heat/cool/clean properties
    are hand-written tables below, modelled on alfworld/gen/constants.py and the
    layouts' object lists, not copied from them.
-3. Put is "put O in/on R" (the action string the issue and older ALFWorld use);
+3. Put is "put O in/on R" (the action string older ALFWorld uses);
    ALFWorld 0.4's "move O to R" and "put O in R" / "put O on R" are accepted as
    aliases but not listed as admissible. Feedback uses "You move the O to the R."
 4. The observation omits ALFWorld's "-= Welcome to TextWorld, ALFRED! =-" banner
@@ -90,7 +90,7 @@ from functools import lru_cache
 from envs import Observation
 
 MAX_STEPS = 50
-DESCRIPTION = "the ALFRED Embodied Environment"  # GiGPO's ALFWorld prompt phrase (SPEC 4 <env>)
+DESCRIPTION = "the ALFRED Embodied Environment"  # GiGPO's ALFWorld prompt phrase (the prompt's <env>)
 DEFAULT_N_TASKS = {"train": 3553, "eval_seen": 140, "eval_unseen": 134}  # ALFWorld's split sizes
 NOTHING = "Nothing happens."
 

@@ -101,7 +101,7 @@ from functools import lru_cache
 from envs import Observation
 
 MAX_STEPS = 15
-DESCRIPTION = "the WebShop online shopping environment"  # SPEC 4 <env>
+DESCRIPTION = "the WebShop online shopping environment"  # the prompt's <env>
 DEFAULT_N_TASKS = {"train": 6000, "eval_seen": 500, "eval_unseen": 500}
 PER_PAGE, TOP_K = 10, 50
 PRICE_RANGE = [10.0 * i for i in range(1, 100)]  # goal.py
@@ -422,7 +422,7 @@ _ACTION = re.compile(r"^\s*(search|click)\[(.*)\]\s*$", re.S | re.I)
 
 
 class Env:
-    """One shopping session at a time. reset(task) -> Observation; step(action) -> (obs, r, done, info)."""
+    """One shopping episode at a time. reset(task) -> Observation; step(action) -> (obs, r, done, info)."""
 
     def reset(self, task):
         self.task, self.cat = task, get_catalog(task.catalog)
@@ -540,7 +540,7 @@ class Env:
         return f"click[{self.cat.products[page[0]].asin.lower()}]" if page else "click[back to search]"
 
     def state_key(self):
-        """Exact session state (no step counter), hashable."""
+        """Exact episode state (no step counter), hashable."""
         return (self.page, self.query, self.page_no, self.item, self.sub, tuple(sorted(self.options.items())))
 
     # -- scripted expert (privileged: knows the goal's terms) ---------------

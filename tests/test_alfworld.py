@@ -180,7 +180,7 @@ def policy_dir(tmp_path_factory):
 
 
 def test_prompter_and_projection_on_real_alfworld_text(one_of_each, policy_dir):
-    """rollout.Prompter builds SPEC 4's prompt from the engine's text (task, observation, admissible list), and
+    """rollout.Prompter builds the protocol's prompt from the engine's text (task, observation, admissible list), and
     the action projection turns a model output into a command the engine executes (a missing tag: invalid, and
     the engine answers 'Nothing happens.')."""
     from transformers import AutoTokenizer

@@ -15,7 +15,7 @@ import envs
 from envs import household, shop
 from envs.shop import Product, ShopTask, reward, token_set_ratio
 
-N = 200  # tasks per split for the expert tests (the issue asks for >= 200)
+N = 200  # tasks per split for the expert tests (at least 200)
 CAP = {"household": 50, "shop": 15}
 
 

@@ -1,4 +1,4 @@
-"""Bad model output never crashes projection or the environments ([5/7]): thousands of random outputs,
+"""Bad model output never crashes projection or the environments: thousands of random outputs,
 random token ids decoded by a real tokenizer and random unicode / bytes strings, through rollout.project and
 env.step of both built-in envs. An env that does raise: rollout's env_errors ("raise" names env, task, step and
 action; "fail" ends that episode as failed and leaves the others exactly as they were)."""
@@ -36,7 +36,7 @@ def _random_outputs(n, seed=0):
 
 def test_projection_total_on_garbage():
     """Every output projects to (str, bool): with both tags in order, the text between them (valid unless it
-    holds CJK characters, SPEC 4 / the GiGPO code); otherwise invalid, with at most the last 30 characters sent."""
+    holds CJK characters, as the GiGPO code); otherwise invalid, with at most the last 30 characters sent."""
     for text in _random_outputs(3000):
         action, valid = R.project(text)
         assert isinstance(action, str) and isinstance(valid, bool)

@@ -66,7 +66,7 @@ def test_help_explains_every_flag(script):
 
 
 def test_projection_rules():
-    """SPEC 4: lowercase, first <action>..</action>, missing/misordered tags invalid with the last 30 characters
+    """The protocol's projection (docs/algorithm.md): lowercase, first <action>..</action>, missing/misordered tags invalid with the last 30 characters
     sent; think format also needs think tags; CJK characters make it invalid; inadmissible but well-formed is valid."""
     assert R.project("<action>Go To Fridge 1</action>") == ("go to fridge 1", True)
     assert R.project("blah <action> look </action> <action>inventory</action>") == ("look", True)
