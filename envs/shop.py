@@ -373,6 +373,7 @@ class ShopTask:
     price_upper: float
     catalog: tuple         # (catalog_seed, products_per_type), or ("webshop", data dir, full, catalog_seed): get_catalog
     pair_options: bool = False  # WebShop synthetic goals: goal.py matches options as "type value" (webshop_data.reward)
+    goal_options: tuple = ()    # WebShop data: goal.py's goal_options as its reward reads them (webshop_data.reward)
 
 
 def _article(phrase):
