@@ -534,7 +534,7 @@ def test_bm25_search():
 @pytest.mark.parametrize("name", ["household", "shop"])
 def test_random_agent_rarely_succeeds(name):
     """A uniformly random admissible-action agent rarely wins (< 10% of 200 tasks): the tasks are not
-    trivial, so RL has something to learn (the per-split numbers are in the README, from bench_envs.py)."""
+    trivial, so RL has something to learn (the per-split numbers are in docs/results.md, from bench_envs.py)."""
     suite = envs.make(name, "train", n_tasks=N, seed=0)
     env, rng, wins = suite.new_env(), random.Random(0), 0
     for task in suite.tasks:
