@@ -35,7 +35,7 @@ Decisions and departures (the paper does not publish lambda_max, K, c or L_int's
 1. L_int is a token-level, full-vocabulary forward KL(teacher || student) at
    the gated tokens, normalised by the sum of the weights (not by the token
    count): a batch with few gated tokens weighs as much as one with many.
-2. Defaults lambda_max = 1.0, K = 5 (`ramp`), c = 1.0 (`cap`, in the units of
+2. Defaults lambda_max = 1.0, K = 2 (`ramp`), c = 1.0 (`cap`, in the units of
    the normalised advantage). The ramp starts at lambda_max / K, not 0, on the
    first phase-2 iteration (k = 0): a zero coefficient would waste it. k < 0
    (before phase 2) gives 0.
@@ -170,7 +170,7 @@ def distill_loss(student_logp, teacher_logp, weights, kind="kl", total_weight=No
     return loss, dict(zip(names, stats))  # kind: mean over gated tokens; kind_weighted: w-weighted mean
 
 
-def lambda_schedule(k, lambda_max=1.0, ramp=5):
+def lambda_schedule(k, lambda_max=1.0, ramp=2):
     """lambda(k) for phase-2 iteration k (0-based): lambda_max * min(1, (k + 1) / ramp); 0 for k < 0.
     So k = 0 gives lambda_max / ramp and k >= ramp - 1 gives lambda_max (departure 2)."""
     if k < 0:

@@ -233,6 +233,6 @@ def test_micro_batches_add_up_to_full_batch(kind):
 def test_lambda_schedule():
     """Linear ramp lambda_max * min(1, (k + 1) / K): 0 before phase 2, lambda_max / K at its first iteration,
     lambda_max from iteration K - 1 on; K = 0 means no ramp."""
-    assert [lambda_schedule(k) for k in (-1, 0, 1, 2, 3, 4, 5, 100)] == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1, 1, 1])
+    assert [lambda_schedule(k, ramp=5) for k in (-1, 0, 1, 2, 3, 4, 5, 100)] == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1, 1, 1])
     assert [lambda_schedule(k, lambda_max=2.0, ramp=4) for k in range(5)] == pytest.approx([0.5, 1.0, 1.5, 2.0, 2.0])
     assert lambda_schedule(0, lambda_max=0.3, ramp=0) == 0.3
