@@ -9,10 +9,8 @@ Contract
   every tensor used, every parameter set, shapes checked. `save(model, path)`
   writes config.json + safetensors that `transformers.AutoModelForCausalLM`
   loads unchanged. Module names equal the HF keys (`model.layers.0.mlp.up_proj`).
-- `generate(model, prompts, ...)`: ragged prompts (a list of token-id lists),
-  static preallocated KV cache with per-row lengths and positions, greedy /
-  temperature / top-k / top-p, per-row stop. Returns the sampled ids, each
-  sampled token's log-probability and the response mask.
+- `generate(model, prompts, ...)`: batched sampling for ragged prompts, in engine.py (static-shape decode
+  steps, CUDA graphs); `model.generate` is that function.
 - `score(model, prompts, responses)`: per-token log-probs and entropies of the
   response tokens, with gradients, with no padding waste on flash-attn (packed
   varlen) and little on SDPA (length-sorted buckets), and full-vocabulary
@@ -21,6 +19,9 @@ Contract
   prefill and scoring, with-kvcache for decode) when it imports, the tensors
   are on CUDA and in 16-bit; torch SDPA otherwise. `model.attn_backend`
   ("auto" | "flash" | "sdpa") forces a path; one line names the path taken.
+- LoRA: `add_lora(model, rank, alpha)` puts low-rank adapters on q/k/v/o and the MLP projections and
+  freezes the rest; `adapters_off(model)` gives the base model (the KL reference) without a copy;
+  `save_adapters` / `load_adapters`; `save` writes the adapters merged, a plain HF checkpoint.
 
 Log-probability semantics: every log-prob this file returns is log
 softmax(logits / T) with T an explicit argument (default 1.0), whatever
@@ -38,6 +39,7 @@ Departures from transformers (numerics are matched; these are scope):
 Run the parity tests: `python -m pytest tests/test_model.py`; speed: `python bench.py`.
 """
 
+import contextlib
 import json
 import os
 import time
@@ -332,14 +334,16 @@ class Transformer(nn.Module):
         self.logit_chunk = 1024  # response tokens per full-vocabulary logits chunk in score()
         self.score_buckets = True  # False: score() in one padded forward (FSDP2: the same forwards on every rank)
 
-    def rope_tables(self, device):
-        """cos/sin for every position, float32, computed the way transformers does (cat(f, f))."""
+    def rope_tables(self, device, dtype):
+        """cos/sin for every position, computed in float32 the way transformers does (cat(f, f)), then kept in
+        the weights' dtype (transformers casts them to it on every forward; we cast once)."""
         cfg = self.config
-        if getattr(self, "_rope", None) is None or self._rope[0].device != torch.device(device):
+        if getattr(self, "_rope", None) is None or self._rope[0].device != torch.device(device) \
+                or self._rope[0].dtype != dtype:
             inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.int64, device=device).float() / cfg.head_dim))
             f = torch.outer(torch.arange(cfg.max_position_embeddings, device=device).float(), inv)
             emb = torch.cat((f, f), dim=-1)  # (P, D)
-            self._rope = (emb.cos(), emb.sin())
+            self._rope = (emb.cos().to(dtype), emb.sin().to(dtype))
         return self._rope
 
     def forward(self, ids, ctx, out_idx=None, targets=None, temperature=1.0):
@@ -351,9 +355,8 @@ class Transformer(nn.Module):
         computed chunk by chunk so that at most `logit_chunk` rows of
         full-vocabulary float32 logits exist at once.
         """
-        cos, sin = self.rope_tables(ids.device)
-        dtype = self.model.embed_tokens.weight.dtype
-        cos, sin = cos[ctx.pos].to(dtype)[:, :, None], sin[ctx.pos].to(dtype)[:, :, None]  # (B, T, 1, D)
+        cos, sin = self.rope_tables(ids.device, self.model.embed_tokens.weight.dtype)
+        cos, sin = cos[ctx.pos][:, :, None], sin[ctx.pos][:, :, None]  # (B, T, 1, D)
         x = self.model.embed_tokens(ids)
         for i, layer in enumerate(self.model.layers):
             if self.grad_checkpointing and torch.is_grad_enabled() and ctx.cache is None:
@@ -378,6 +381,102 @@ def _logprob_entropy(h, w, y, temperature=1.0):
     """Full-vocabulary log-softmax for a chunk of rows; keeps only two floats per row."""
     logp = F.log_softmax(F.linear(h, w).float() / temperature, dim=-1)  # (n, V)
     return logp.gather(-1, y[:, None]).squeeze(-1), -(logp.exp() * logp).sum(-1)
+
+
+# -----------------------------------------------------------------------------
+# LoRA (Hu et al. 2021): trainable low-rank adapters on the attention and MLP projections, base frozen.
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class LoRALinear(nn.Linear):
+    """nn.Linear plus a low-rank update: y = x W^T + b + (alpha / r) * B A dropout(x). A and B are float32 (the
+    input is cast to them, as PEFT does), B starts at zero: the adapted model starts as the base model."""
+    lora_enabled = True  # adapters_off() switches it per module
+
+    def forward(self, x):
+        y = F.linear(x, self.weight, self.bias)
+        if not self.lora_enabled:
+            return y
+        return y + (self.lora_B(self.lora_A(self.lora_dropout(x.to(self.lora_A.weight.dtype)))) * self.lora_scale).to(y.dtype)
+
+
+def add_lora(model, rank, alpha, dropout=0.0, seed=0):
+    """Give every LORA_TARGETS projection an adapter (the nn.Linear becomes a LoRALinear in place, its weight
+    not copied) and freeze everything else. A: nn.Linear's init, U(+-1/sqrt(in)); B: zeros. Returns model."""
+    assert rank > 0, "LoRA rank must be positive"
+    model.requires_grad_(False)
+    g = torch.Generator().manual_seed(seed)
+    for name, m in model.named_modules():
+        if name.rsplit(".", 1)[-1] in LORA_TARGETS and type(m) is nn.Linear:
+            m.__class__ = LoRALinear
+            m.lora_A = nn.Linear(m.in_features, rank, bias=False, device=m.weight.device, dtype=torch.float32)
+            m.lora_B = nn.Linear(rank, m.out_features, bias=False, device=m.weight.device, dtype=torch.float32)
+            with torch.no_grad():
+                bound = m.in_features ** -0.5
+                m.lora_A.weight.copy_(torch.rand(m.lora_A.weight.shape, generator=g) * 2 * bound - bound)
+                m.lora_B.weight.zero_()
+            m.lora_dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+            m.lora_scale = alpha / rank
+    model.lora = dict(rank=rank, alpha=alpha, dropout=dropout)
+    return model
+
+
+@contextlib.contextmanager
+def adapters_off(model):
+    """The base model inside the block (the KL reference without a second copy). Use it for no-grad forwards:
+    activation checkpointing would recompute a forward with grad after the block, adapters on."""
+    mods = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    for m in mods:
+        m.lora_enabled = False
+    try:
+        yield model
+    finally:
+        for m in mods:
+            m.lora_enabled = True
+
+
+def merged_state(model, state=None):
+    """The HF state dict with each adapter folded into its weight, W + (alpha / r) B A (in float32, then the
+    weight's dtype), and no adapter keys. state: the model's state dict if not model.state_dict()."""
+    state = dict(model.state_dict() if state is None else state)
+    for key in [k for k in state if k.endswith(".lora_A.weight")]:
+        base = key[:-len(".lora_A.weight")]
+        A, B, W = state.pop(key), state.pop(base + ".lora_B.weight"), state[base + ".weight"]
+        scale = model.lora["alpha"] / model.lora["rank"]
+        state[base + ".weight"] = (W.float() + scale * (B.float() @ A.float())).to(W.dtype)
+    return state
+
+
+def save_adapters(model, path):
+    """adapters.safetensors (the A and B of every projection) + adapters.json (rank, alpha, dropout)."""
+    from safetensors.torch import save_file
+
+    os.makedirs(path, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if ".lora_" in k}
+    save_file(state, os.path.join(path, "adapters.safetensors.tmp"), metadata={"format": "pt"})
+    os.replace(os.path.join(path, "adapters.safetensors.tmp"), os.path.join(path, "adapters.safetensors"))
+    _write_json(os.path.join(path, "adapters.json"), model.lora)
+
+
+def load_adapters(model, path):
+    """Restore adapters saved by save_adapters (adding them first if the model has none), strictly."""
+    from safetensors.torch import load_file
+
+    spec = _read_json(os.path.join(path, "adapters.json"))
+    if getattr(model, "lora", None) is None:
+        add_lora(model, spec["rank"], spec["alpha"], spec.get("dropout", 0.0))
+    if {k: model.lora[k] for k in ("rank", "alpha")} != {k: spec[k] for k in ("rank", "alpha")}:
+        raise CheckpointError(f"{path}/adapters.json: rank/alpha {spec} differ from the model's {model.lora}")
+    state = load_file(os.path.join(path, "adapters.safetensors"))
+    own = {k: v for k, v in model.state_dict().items() if ".lora_" in k}
+    if set(state) != set(own):
+        raise CheckpointError(f"{path}/adapters.safetensors: keys differ from the model's adapters "
+                              f"({len(set(state) ^ set(own))} mismatched, e.g. {sorted(set(state) ^ set(own))[0]!r})")
+    with torch.no_grad():
+        for k, v in state.items():
+            own[k].copy_(v)
+    return model
 
 
 # -----------------------------------------------------------------------------
@@ -448,12 +547,15 @@ def load(path, device="cpu", dtype=None, attn_backend="auto"):
 
 
 def save(model, path, max_shard_bytes=5 * 2**30, state=None):
-    """Write config.json + safetensors (sharded above max_shard_bytes) in HF format, each file atomically.
-    state: the model's state dict if not model.state_dict() (e.g. the full one gathered from FSDP2 shards)."""
+    """Write config.json + safetensors (sharded above max_shard_bytes) in HF format, each file atomically,
+    LoRA adapters merged into their weights. state: the model's state dict if not model.state_dict() (e.g.
+    the full one gathered from FSDP2 shards)."""
     from safetensors.torch import save_file
 
     os.makedirs(path, exist_ok=True)
     cfg = model.config
+    if getattr(model, "lora", None):  # adapters merged: a plain HF checkpoint
+        state = merged_state(model, state)
     state = {k: v.detach().contiguous().cpu() for k, v in (model.state_dict() if state is None else state).items()
              if not (cfg.tie_word_embeddings and k == "lm_head.weight")}
     shards, cur, size = [], {}, 0
@@ -600,102 +702,8 @@ def score(model, prompts, responses, bucket_tokens=16384, temperature=1.0):
     return logp, ent
 
 
-# -----------------------------------------------------------------------------
-# Generation for ragged batches.
-
-@dataclass
-class Generation:
-    tokens: torch.Tensor  # (B, R) sampled ids, pad_id after a row stopped
-    logprobs: torch.Tensor  # (B, R) float32 log-prob of each sampled token (logprob_temperature), 0 where masked
-    mask: torch.Tensor  # (B, R) 1 for sampled tokens (the stop token included), 0 after
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
-
-    def lists(self):
-        """The sampled ids of each row as a list (stop token included)."""
-        return [row[:int(m.sum())].tolist() for row, m in zip(self.tokens, self.mask)]
-
-
-def sample(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None):
-    """logits: (B, V) float32. temperature 0 = greedy. Returns (B,) token ids."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    logits = logits / temperature
-    if 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:  # keep the smallest set whose mass reaches top_p (always at least the top token)
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        drop = probs.cumsum(-1) - probs > top_p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    # inverse-CDF sampling: one uniform per row. torch.multinomial draws V exponentials per row,
-    # 40x slower on CPU (9 ms per step for 64 x 4k, 450 ms for 64 x 150k). float64 keeps the tail exact.
-    cdf = logits.softmax(-1).double().cumsum(-1)  # (B, V)
-    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
-
-
-@torch.no_grad()
-def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0, stop_ids=(),
-             generator=None, pad_id=0, compact=True, prefill_tokens=16384, logprob_temperature=1.0):
-    """Sample a continuation for every prompt of a ragged batch.
-
-    prompts: list of B token-id lists, each of its own length. Rows stop on any
-    id in stop_ids (EOS included by the caller) or after max_new_tokens; a row's
-    stop token is part of its response (mask 1). Rows that finish early stop
-    costing compute: when half of the live rows are done, the cache is
-    compacted to the live ones. `generator` (a torch.Generator on the model's
-    device) makes sampling reproducible for a given batch. Log-probs are those of
-    softmax(logits / logprob_temperature), whatever sampler was used (RL passes
-    its sampling temperature: the policy whose ratio PPO takes).
-    """
-    assert len(prompts) > 0 and all(len(p) > 0 for p in prompts), "every prompt needs at least one token"
-    assert max_new_tokens > 0, "max_new_tokens must be positive"
-    inner = getattr(model, "module", model)
-    cfg, w = inner.config, inner.model.embed_tokens.weight
-    dev, B = w.device, len(prompts)
-    lens = [len(p) for p in prompts]
-    if max(lens) + max_new_tokens > cfg.max_position_embeddings:
-        raise ValueError(f"prompt ({max(lens)}) + max_new_tokens ({max_new_tokens}) exceeds "
-                         f"max_position_embeddings={cfg.max_position_embeddings}")
-    backend = resolve_backend(inner.attn_backend, w)
-    cache = KVCache.empty(cfg, B, max(lens) + max_new_tokens, dev, w.dtype, heads_first=backend != "flash")
-    t0 = time.perf_counter()
-    # prefill in length buckets (bounded memory, little padding); logits only at each row's last prompt token
-    logits = torch.empty(B, cfg.vocab_size, device=dev)
-    for g in (buckets(lens, prefill_tokens) if backend == "sdpa" else [list(range(B))]):
-        ids, ctx, starts = fresh_context(backend, [prompts[i] for i in g], dev, cache, torch.as_tensor(g, device=dev))
-        logits[g] = model(ids, ctx, out_idx=starts + torch.as_tensor([lens[i] - 1 for i in g], device=dev))
-    cache.seqlens = torch.as_tensor(lens, dtype=torch.int32, device=dev)
-    t1 = time.perf_counter()
-
-    tokens = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=dev)
-    logprobs = torch.zeros(B, max_new_tokens, device=dev)
-    mask = torch.zeros(B, max_new_tokens, dtype=torch.long, device=dev)
-    stop = torch.as_tensor(sorted(set(stop_ids)), dtype=torch.long, device=dev)
-    live = torch.arange(B, device=dev)  # original row of each cache row
-    done = torch.zeros(B, dtype=torch.bool, device=dev)  # per cache row
-    for t in range(max_new_tokens):
-        nxt = sample(logits, temperature, top_k, top_p, generator)  # (b,)
-        lp = F.log_softmax(logits / logprob_temperature, dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
-        keep = ~done
-        tokens[live[keep], t] = nxt[keep]
-        logprobs[live[keep], t] = lp[keep]
-        mask[live[keep], t] = 1
-        done = done | torch.isin(nxt, stop)
-        if t == max_new_tokens - 1 or bool(done.all()):
-            break
-        if compact and int(done.sum()) * 2 >= done.numel():
-            rows = (~done).nonzero().squeeze(-1)
-            cache.keep(rows)
-            live, done, nxt = live[rows], done[rows], nxt[rows]
-        pos = cache.seqlens.long()[:, None]  # (b, 1) the new token's position = tokens already cached
-        ctx = AttnContext(backend, pos, cache=cache, extend=True)
-        if backend == "sdpa":
-            S = int(cache.seqlens.max()) + 1
-            ctx.bias = torch.zeros(len(live), 1, 1, S, device=dev).masked_fill(
-                torch.arange(S, device=dev)[None, None, None, :] > pos[:, None, :, None], float("-inf"))
-        logits = model(nxt[:, None], ctx, out_idx=torch.arange(len(live), device=dev))
-        cache.seqlens += 1
-    return Generation(tokens, logprobs, mask, prefill_s=t1 - t0, decode_s=time.perf_counter() - t1)
+def __getattr__(name):  # model.generate, model.sample, model.Generation live in engine.py
+    if name in ("generate", "sample", "Generation", "release"):
+        import engine
+        return getattr(engine, name)
+    raise AttributeError(f"module 'model' has no attribute {name!r}")

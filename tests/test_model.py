@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 import transformers
 
+import engine as E
 import model as M
 
 CONFIGS = {  # name -> (transformers config class, kwargs): GQA, tied embeddings, biases, qk-norm
@@ -253,6 +254,112 @@ def test_compaction_does_not_change_results(tmp_path):
     torch.testing.assert_close(x.logprobs, y.logprobs, atol=1e-6, rtol=0)
 
 
+# ---------------------------------------------------------------------------- the static decode step
+
+def reference_sample(logits, temperature, top_k, generator):
+    """The previous engine's sampler (float64 inverse CDF, one uniform per row), top-k only."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / temperature
+    if 0 < top_k < logits.shape[-1]:
+        logits = logits.masked_fill(logits < torch.topk(logits, top_k, dim=-1).values[:, -1:], float("-inf"))
+    cdf = logits.softmax(-1).double().cumsum(-1)
+    u = torch.rand(cdf.shape[0], 1, generator=generator, dtype=cdf.dtype) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
+
+
+@torch.no_grad()
+def reference_generate(m, prompts, R, temperature=1.0, top_k=0, stop_ids=(), generator=None):
+    """The previous engine, kept here as the reference: every row decoded every step (no compaction), the
+    matmul attention over exactly the longest row, a host check after every step."""
+    cfg, B = m.config, len(prompts)
+    lens = [len(p) for p in prompts]
+    cache = M.KVCache.empty(cfg, B, max(lens) + R, "cpu", torch.float32)
+    logits = torch.empty(B, cfg.vocab_size)
+    for i, p in enumerate(prompts):
+        ids, ctx, _ = M.fresh_context("sdpa", [p], "cpu", cache, torch.tensor([i]))
+        logits[i] = m(ids, ctx, out_idx=torch.tensor([len(p) - 1]))[0]
+    cache.seqlens = torch.tensor(lens, dtype=torch.int32)
+    tokens, logprobs, mask = torch.zeros(B, R, dtype=torch.long), torch.zeros(B, R), torch.zeros(B, R, dtype=torch.long)
+    done, stop = torch.zeros(B, dtype=torch.bool), torch.tensor(sorted(set(stop_ids)), dtype=torch.long)
+    for t in range(R):
+        nxt = reference_sample(logits, temperature, top_k, generator)
+        lp = F.log_softmax(logits, -1).gather(-1, nxt[:, None]).squeeze(-1)
+        keep = ~done
+        tokens[keep, t], logprobs[keep, t], mask[keep, t] = nxt[keep], lp[keep], 1
+        done = done | torch.isin(nxt, stop)
+        if t == R - 1 or bool(done.all()):
+            break
+        pos = cache.seqlens.long()[:, None]
+        ctx = M.AttnContext("sdpa", pos, cache=cache, extend=True)
+        S = int(cache.seqlens.max()) + 1
+        ctx.bias = torch.zeros(B, 1, 1, S).masked_fill(torch.arange(S)[None, None, None, :] > pos[:, None, :, None],
+                                                       float("-inf"))
+        logits = m(nxt[:, None], ctx, out_idx=torch.arange(B))
+        cache.seqlens += 1
+    return tokens, logprobs, mask
+
+
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_engine_equals_previous_engine(tmp_path, monkeypatch, static, temperature):
+    """Exact mode (CPU's default) and static mode (batch buckets, attention spans of S_BLOCK slots, a host check
+    every SYNC_EVERY steps, compaction into smaller buckets) both give the previous engine's tokens, mask and
+    log-probs from the same generator: ragged prompts, repeated prompts (prefilled once), rows stopping at
+    different steps, sampled and greedy."""
+    monkeypatch.setattr(E, "S_BLOCK", 16)  # several spans within this test's lengths
+    make_hf("qwen2-gqa", tmp_path, vocab=1000)
+    m = M.load(str(tmp_path), attn_backend="sdpa")
+    seqs = prompts(11, vocab=1000, lo=2, hi=40, seed=20)
+    seqs[3], seqs[7], seqs[8] = seqs[0], seqs[5], seqs[5]  # groups sharing a prompt
+    R = 24
+    free = reference_generate(m, seqs, R, temperature, generator=torch.Generator().manual_seed(5))[0]
+    keep_going = set(free[9:].flatten().tolist())  # rows 9 and 10 must run to the end
+    stop = sorted({free[i, t].item() for i, t in ((0, 2), (1, 5), (2, 9), (4, 1), (6, 14), (5, 20))} - keep_going)
+    ref = reference_generate(m, seqs, R, temperature, stop_ids=stop, generator=torch.Generator().manual_seed(5))
+    got = E.generate(m, seqs, R, temperature, stop_ids=stop, generator=torch.Generator().manual_seed(5), static=static)
+    assert 5 <= int((ref[2].sum(1) < R).sum()) <= 9  # most rows stop early, at different steps; some run to the end
+    assert torch.equal(got.tokens, ref[0]) and torch.equal(got.mask, ref[2])
+    torch.testing.assert_close(got.logprobs, ref[1], atol=1e-5, rtol=0)
+    if static:
+        assert m._engine.rows == 16  # the kept engine: 11 rows in bucket 16
+
+
+def test_static_step_keeps_its_engine_and_rebuilds_when_outgrown(tmp_path):
+    """Static mode keeps one engine on the model between calls and reuses it when it is big enough; a call
+    with more rows or longer sequences replaces it; results do not depend on what an earlier call left in it."""
+    make_hf("llama-gqa", tmp_path)
+    m = M.load(str(tmp_path), attn_backend="sdpa")
+    small, big = prompts(3, seed=21), prompts(20, lo=2, hi=60, seed=22)
+    a = E.generate(m, small, 8, generator=torch.Generator().manual_seed(1), static=True)
+    eng = m._engine
+    E.generate(m, big, 30, generator=torch.Generator().manual_seed(2), static=True)
+    assert m._engine is not eng and m._engine.rows == 24 and m._engine.slots >= 90
+    eng = m._engine
+    b = E.generate(m, small, 8, generator=torch.Generator().manual_seed(1), static=True)
+    assert m._engine is eng
+    assert torch.equal(a.tokens, b.tokens)
+    torch.testing.assert_close(a.logprobs, b.logprobs, atol=1e-5, rtol=0)
+    E.release(m)
+    assert m._engine is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_replay_equals_eager(tmp_path):
+    """On CUDA in bfloat16, replaying the captured decode steps gives the eager static steps' tokens and
+    log-probs from the same generator (sampled, ragged, with stops); an adapter switch recaptures."""
+    make_hf("qwen2-gqa", tmp_path)
+    m = M.load(str(tmp_path), device="cuda", dtype=torch.bfloat16, attn_backend="sdpa")
+    seqs = prompts(13, lo=2, hi=60, seed=23)
+    run = lambda: E.generate(m, seqs, 40, 1.0, stop_ids=[5, 17], generator=torch.Generator("cuda").manual_seed(3))
+    graphed = run()
+    assert len(m._engine.graphs) > 0
+    m._engine.use_graphs = False
+    eager = run()
+    assert torch.equal(graphed.tokens, eager.tokens) and torch.equal(graphed.mask, eager.mask)
+    torch.testing.assert_close(graphed.logprobs, eager.logprobs, atol=0, rtol=0)
+
+
 # ---------------------------------------------------------------------------- flash-attn path
 
 def fake_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal=True):
@@ -288,8 +395,10 @@ def test_flash_plumbing_with_reference_kernels(tmp_path, monkeypatch):
     sd, fl = M.load(str(tmp_path), attn_backend="sdpa"), M.load(str(tmp_path), attn_backend="flash")
     seqs, rs = prompts(5, seed=13), prompts(5, lo=1, hi=6, seed=14)
     g1, g2 = M.generate(sd, seqs, 10, temperature=0), M.generate(fl, seqs, 10, temperature=0)
-    assert torch.equal(g1.tokens, g2.tokens)
+    g3 = M.generate(fl, seqs, 10, temperature=0, static=True)
+    assert torch.equal(g1.tokens, g2.tokens) and torch.equal(g1.tokens, g3.tokens)
     torch.testing.assert_close(g1.logprobs, g2.logprobs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(g1.logprobs, g3.logprobs, atol=1e-5, rtol=0)
     with torch.no_grad():
         torch.testing.assert_close(M.score(sd, seqs, rs)[0], M.score(fl, seqs, rs)[0], atol=1e-5, rtol=0)
 
