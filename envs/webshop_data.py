@@ -1,4 +1,4 @@
-"""
+r"""
 webshop_data: WebShop's own product and goal files, played in the shop env (envs/shop.py).
 
     suite = envs.make("shop", "train", data="/path/to/WebShop/data")        # synthetic goals, 1k products
@@ -8,7 +8,7 @@ webshop_data: WebShop's own product and goal files, played in the shop env (envs
 
 Pages, actions, step cap and expert are envs/shop.py's; what changes is the catalog
 (WebShop's products, searched by our BM25), the goals and splits (WebShop's), and
-the reward rule (goal.py's exactly, `reward` below).
+the reward rule (goal.py's, `reward` below; what still differs is departures 3 and 6).
 
 The files (WebShop's setup.sh downloads them into its data/ folder)
 ------------------------------------------------------------------
@@ -48,12 +48,27 @@ Products and goals, as web_agent_site/engine/engine.py load_products and goal.py
 
 Reward
 ------
-goal.py's get_reward term by term (`reward`): r_type and attributes as envs/shop.py,
-options by goal.py's own rule (every type fuzzy, WebShop's colour list, no text fallback,
-counted per goal option). Its quirk is kept: synthetic goals reach get_option_reward as
-(type, value) pairs, so a chosen value holding a colour word is normalised to that word
-("standard" -> "tan", "rustic" -> "rust") and misses its own goal option ("style standard"):
-such goals cannot reach R = 1 (won), in WebShop either, and the expert loses them.
+goal.py's get_reward term by term (`reward`), on the values as engine.py stores them:
+    R = r_type * (n_attr + n_opt + 1[price <= price_upper]) / (|goal attributes| + |goal options| + 1)
+r_type as envs/shop.py's (nouns: departure 3); attributes and options by goal.py's own rules
+(every option type fuzzy, WebShop's colour list, no text fallback for options, counted per
+goal option). The fuzzy matcher is thefuzz 0.19.0's token_set_ratio (WebShop's pin) without
+python-Levenshtein (WebShop's requirements do not install it), reimplemented here with its
+string processing, so these cases score as in WebShop:
+- underscores are word characters: "easy_clean" is one token, 50 against "easy clean";
+- characters 128-255 are dropped ("naïve" -> "nave", 89 against "naive"), other non-ASCII
+  letters are kept inside words (fullwidth "Ｌarge" -> "ｌarge", 80 against "large");
+- synthetic goals reach get_option_reward as (type, value) pairs, so normalize_color keeps a
+  pair unless its type or value *is* a colour word, and the matcher reads the pair's repr:
+  "large" matches ("size", "x-large") but "x-large" misses ("size", "large"), and a value
+  with escaped whitespace reads as the escape ("navy\xa0blue" -> tokens navy, xa0blue;
+  "x\tlarge" -> x, tlarge) and is missed even by the target's own value;
+- human goals' options are the crowd's strings as written, and normalize_color is
+  case-sensitive: "Rustic" stays and misses the bought "rustic" (-> "rust"), "Dark red" ->
+  "red" misses the bought "dark red" (-> "dark").
+Quirks are kept: a chosen value holding a colour word is normalised to that word ("standard"
+-> "tan", "rustic" -> "rust") and misses its own synthetic goal option ("style: standard").
+Such goals cannot reach R = 1 (won), in WebShop either, and the expert loses them.
 
 Splits
 ------
@@ -80,14 +95,26 @@ Departures from WebShop
    load (unseeded, before its seed-233 shuffle); here they come from (catalog_seed, asin)
    (and the instruction's index for human goals): fixed, and equal across splits. Goal
    order and splits are WebShop's exactly.
-3. r_type's nouns: spaCy's en_core_web_sm when installed (goal.py's tagger), else
-   `content_nouns` (a title's words minus function words); one line says which.
-4. Option values have whitespace runs collapsed (so `click[...]` can name them). Human
-   goals' bare option values get their type looked up on the target product, for the
-   scripted expert only; the reward matches bare values, as goal.py does.
+3. r_type's nouns: spaCy's en_core_web_sm when installed (goal.py's tagger; WebShop pins
+   spaCy 3.3.0, so a newer model may tag a few words differently), else `content_nouns`;
+   one line says which. The fallback keeps every word of 2+ characters with a letter that
+   is not a function word: adjectives, verbs, units and model codes count as nouns, and
+   words split at every non-alphanumeric ("men's" -> men, s dropped; "t-shirt" -> t
+   dropped, shirt). So title_score (shared nouns / the goal title's nouns) changes for
+   many (goal, product) pairs, r_type only where that crosses 0, 0.1 or 0.2; the goal's
+   own product still scores 1.0.
+4. Option values have whitespace runs collapsed on the pages, in click[...] and in the
+   synthetic instruction text (so `click[...]` can name them); the reward reads them back
+   as stored (`reward`'s raw_values). Human goals' bare option values also get their type
+   looked up on the target product, for the scripted expert only.
 5. Not kept: goal weights (WebShop samples by them only when no goal index is given;
-   GiGPO always gives one), images. A product without an items_ins_v2 entry gets no
-   attributes and no synthetic goal (WebShop: ["DUMMY_ATTR"] / a KeyError).
+   GiGPO always gives one), images. A product without an items_ins_v2 entry gets
+   ["DUMMY_ATTR"] (as WebShop) and no synthetic goal (WebShop: a KeyError).
+6. A null full_description or small_description scores as empty text in the attribute
+   fallback; goal.py raises there (None.lower(), " ".join([None])) when the fallback
+   reaches it. Unicode classes (thefuzz's \W, repr's escapes) follow the running Python's
+   Unicode database, not WebShop's Python 3.8: they differ only for characters assigned
+   since then.
 """
 
 import itertools
@@ -96,10 +123,11 @@ import os
 import random
 import re
 from decimal import Decimal, InvalidOperation
-from functools import lru_cache
+from difflib import SequenceMatcher
+from functools import lru_cache, partial
 
 from envs import shop
-from envs.shop import Catalog, Product, ShopTask, token_set_ratio
+from envs.shop import Catalog, Product, ShopTask
 
 FILES = {False: ("items_shuffle_1000.json", "items_ins_v2_1000.json"), True: ("items_shuffle.json", "items_ins_v2.json")}
 HUMAN_FILE = "items_human_ins.json"
@@ -127,9 +155,11 @@ class WebShopDataError(ValueError):
 # goal.py's reward on WebShop data
 
 
-def normalize_color(value):
-    """A value containing one of WebShop's colour words becomes the first such word ("navy blue" -> "blue")."""
-    return next((c for c in COLORS if c in value), value)
+def normalize_color(option):
+    """normalize.py normalize_color, case-sensitive: a string containing one of WebShop's colour words becomes the
+    first such word ("navy blue" -> "blue", "Navy" stays); on a (type, value) pair `in` tests the elements, so a
+    pair becomes a colour only if its type or value *is* one."""
+    return next((c for c in COLORS if c in option), option)
 
 
 def content_nouns(title):
@@ -157,29 +187,80 @@ def nouns(title):
     return content_nouns(title) if nlp is None else [t.text.lower() for t in nlp(title) if t.pos_ in ("NOUN", "PROPN")]
 
 
+# thefuzz 0.19.0's token_set_ratio, the matcher goal.py calls for attributes and options. It is not envs/shop.py's
+# (which keeps [a-z0-9] runs): thefuzz's full_process turns a non-string into str(x) (a (type, value) pair into
+# its repr), drops characters 128-255 (utils.asciionly), turns every character that is not a Unicode letter,
+# digit or underscore into a space (StringProcessor's (?ui)\W), then lowercases; the ratio is difflib's, as
+# without python-Levenshtein (WebShop's requirements.txt does not install it).
+_LATIN1 = dict.fromkeys(range(128, 256))
+_NON_WORD = re.compile(r"(?ui)\W")
+
+
+def fuzz_tokens(x):
+    r"""thefuzz 0.19 utils.full_process(x, force_ascii=True).split(): "easy_clean" -> ["easy_clean"], "naïve" ->
+    ["nave"], ("color", "navy\xa0blue") -> ["color", "navy", "xa0blue"]."""
+    x = x if isinstance(x, str) else str(x)
+    return _NON_WORD.sub(" ", x.translate(_LATIN1)).lower().split()
+
+
+def _ratio(a, b):
+    """thefuzz 0.19 fuzz.ratio: 100 for equal strings, 0 if one is empty, else round(100 * difflib's ratio)."""
+    if a == b:
+        return 100
+    return 0 if not a or not b else int(round(100 * SequenceMatcher(None, a, b).ratio()))
+
+
+def token_set_ratio(a, b):
+    """thefuzz 0.19 fuzz.token_set_ratio: the best ratio among the sorted shared tokens and each side's shared +
+    own tokens; 0 when either side has no token."""
+    ta, tb = set(fuzz_tokens(a)), set(fuzz_tokens(b))
+    if not ta or not tb:
+        return 0
+    both = " ".join(sorted(ta & tb))
+    s1 = (both + " " + " ".join(sorted(ta - tb))).strip()
+    s2 = (both + " " + " ".join(sorted(tb - ta))).strip()
+    return max(_ratio(both, s1), _ratio(both, s2), _ratio(s1, s2))
+
+
+def attribute_matches(product, goal):
+    """goal.py get_attribute_reward: goal attributes that fuzzy-match (> 85) one of the product's attributes, or
+    occur as written (case kept) in its lowercased title, features or description."""
+    title, feats, desc = product.title.lower(), " ".join(product.features).lower(), product.description.lower()
+    return sum(1 for g in goal.attributes
+               if any(token_set_ratio(p, g) > 85 for p in product.attributes) or g in title or g in feats or g in desc)
+
+
+def goal_options(goal):
+    """goal.py's goal_options as get_reward passes them: synthetic goals' (type, value) pairs, human goals' bare
+    strings as the crowd wrote them (case kept). ShopTask.goal_options holds them as read from the files; goals
+    built by hand without it fall back to `options`."""
+    if goal.goal_options:
+        return [tuple(o) for o in goal.goal_options] if goal.pair_options else list(goal.goal_options)
+    return [tuple(o) for o in goal.options] if goal.pair_options else [v for _, v in goal.options]
+
+
 def option_matches(chosen, goal):
-    """goal.py get_option_reward: the goal options that some chosen value matches (token-set ratio > 85), both
-    colour-normalised. Synthetic goals reach it as (type, value) pairs (get_reward passes goal_options.items()):
-    normalize_color keeps a pair unless its type or value *is* a colour word, and the fuzzy match then reads
-    "type value". So "large" matches the goal "size: x-large" but "x-large" misses "size: large"; human goals'
-    bare values match symmetrically."""
+    r"""goal.py get_option_reward: the goal options that some chosen value matches (token-set ratio > 85), both
+    colour-normalised, counted per goal option. A synthetic goal's option is a (type, value) pair, so the
+    matcher reads its repr: "large" matches ("size", "x-large") but "x-large" misses ("size", "large"); a
+    value holding an escaped character reads as that escape ("navy\xa0blue" -> tokens navy, xa0blue)."""
     got = [normalize_color(v) for v in chosen]
-    if goal.pair_options:
-        want = [next((c for c in COLORS if c in (k, v)), f"{k} {v}") for k, v in goal.options]
-    else:
-        want = [normalize_color(v) for _, v in goal.options]
-    return sum(any(token_set_ratio(c, w) > 85 for c in got) for w in want)
+    return sum(any(token_set_ratio(c, w) > 85 for c in got) for w in map(normalize_color, goal_options(goal)))
 
 
-def reward(product, goal, options):
+def reward(product, goal, options, raw_values=None):
     """goal.py get_reward on WebShop data:
         R = r_type * (n_attr + n_opt + 1[price <= price_upper]) / (|goal attributes| + |goal options| + 1)
-    r_type and n_attr as envs/shop.py (with `nouns` above), n_opt = option_matches. Returns (R, terms)."""
+    r_type as envs/shop.py (with `nouns` above), n_attr and n_opt as above. `options` ({type: value}) are the
+    values the pages show; raw_values ({(asin, type, shown value): value as engine.py stores it}) gives back
+    those whose whitespace the loader collapsed (departure 4). Returns (R, terms)."""
+    raw_values = raw_values or {}
+    chosen = [raw_values.get((product.asin, k, v), v) for k, v in options.items()]
     r_type, terms = shop.type_reward(product, goal, nouns)
-    n_attr = shop.attribute_matches(product, goal)
-    n_opt = option_matches(options.values(), goal)
+    n_attr = attribute_matches(product, goal)
+    n_opt = option_matches(chosen, goal)
     r_price = float(product.price <= goal.price_upper)
-    R = r_type * (n_attr + n_opt + r_price) / (len(goal.attributes) + len(goal.options) + 1)
+    R = r_type * (n_attr + n_opt + r_price) / (len(goal.attributes) + len(goal_options(goal)) + 1)
     return R, {**terms, "n_attr": n_attr, "n_opt": n_opt, "r_price": r_price}
 
 
@@ -190,19 +271,23 @@ def reward(product, goal, options):
 def _data_dir(data):
     d = os.path.abspath(os.path.expanduser(str(data)))
     if not os.path.isdir(d):
-        raise WebShopDataError(f"{d}: no such directory (expected WebShop's data/ folder holding {FILES[False][0]} "
+        problem = "not a directory" if os.path.exists(d) else "no such directory"
+        raise WebShopDataError(f"{d}: {problem} (expected WebShop's data/ folder holding {FILES[False][0]} "
                                f"and {FILES[False][1]}, as its setup.sh downloads them)")
     return d
 
 
 def _read(path, kind, what):
     if not os.path.isfile(path):
-        raise WebShopDataError(f"{path}: no such file (expected {what}; WebShop's setup.sh downloads it)")
+        problem = "not a file" if os.path.exists(path) else "no such file"
+        raise WebShopDataError(f"{path}: {problem} (expected {what}; WebShop's setup.sh downloads it)")
     try:
         with open(path, encoding="utf-8") as f:
             obj = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise WebShopDataError(f"{path}: not valid JSON ({e}); expected {what}") from None
+    except OSError as e:
+        raise WebShopDataError(f"{path}: cannot be read ({e.strerror or e}); expected {what}") from None
     if not isinstance(obj, kind):
         raise WebShopDataError(f"{path}: expected {what}, found a JSON {type(obj).__name__}")
     return obj
@@ -236,29 +321,32 @@ def parse_pricing(text, where):
 
 
 def parse_options(raw, where):
-    """engine.py: {type (lowercased): (values, stripped, '/' -> ' | ', lowercased)}; null types dropped."""
+    """engine.py: {type (lowercased): (values, stripped, '/' -> ' | ', lowercased)}; null types dropped. Returns
+    (the options as pages show them, whitespace runs collapsed (departure 4); the same as engine.py stores them)."""
     if not raw:
-        return {}
+        return {}, {}
     if not isinstance(raw, dict):
         raise WebShopDataError(f"{where}: expected 'customization_options' to be null or an object, found {type(raw).__name__}")
-    options = {}
+    shown, stored = {}, {}
     for name, contents in raw.items():
         if contents is None:
             continue
         if not isinstance(contents, list) or not all(isinstance(c, dict) and isinstance(c.get("value"), str) for c in contents):
             raise WebShopDataError(f"{where}: expected customization option {name!r} to be a list of "
                                    '{"value": str, "image": ...}')
-        options[name.lower()] = tuple(" ".join(c["value"].strip().replace("/", " | ").lower().split()) for c in contents)
-    return options
+        stored[name.lower()] = tuple(c["value"].strip().replace("/", " | ").lower() for c in contents)
+        shown[name.lower()] = tuple(" ".join(v.split()) for v in stored[name.lower()])
+    return shown, stored
 
 
 @lru_cache(maxsize=2)
 def _load(d, full, catalog_seed):
-    """(Catalog, [(product index, instruction, instruction attributes)]) from the product and attribute files."""
+    """(Catalog, [(product index, instruction, instruction attributes, options as stored)]) from the product and
+    attribute files."""
     prod_path, attr_path = (os.path.join(d, f) for f in FILES[full])
     raw = _read(prod_path, list, "a JSON list of product records")
     attrs = _read(attr_path, dict, "a JSON object mapping asin -> {attributes, instruction, instruction_attributes}")
-    products, texts, synth, seen = [], [], [], set()
+    products, texts, synth, seen, raw_values = [], [], [], set(), {}
     for i, rec in enumerate(raw):
         where = f"{prod_path}: product {i}"
         if not isinstance(rec, dict):
@@ -272,7 +360,11 @@ def _load(d, full, catalog_seed):
         bullets = rec.get("small_description")
         bullets = [bullets] if isinstance(bullets, str) else _get(rec, "small_description", list, where, null_ok=True) or []
         description = _get(rec, "full_description", str, where, null_ok=True) or ""
-        options = parse_options(rec.get("customization_options"), where)
+        options, stored = parse_options(rec.get("customization_options"), where)
+        for k, values in stored.items():
+            for shown, v in zip(options[k], values):
+                if v != shown:
+                    raw_values.setdefault((asin, k, shown), v)
         prices, tag = parse_pricing(rec.get("pricing"), where)
         price = prices[0] if len(prices) == 1 else random.Random(f"webshop-price/{catalog_seed}/{asin}").uniform(*prices)
         info = attrs.get(asin)
@@ -280,12 +372,12 @@ def _load(d, full, catalog_seed):
             raise WebShopDataError(f"{attr_path}: {asin}: expected an object with 'attributes', 'instruction', "
                                    f"'instruction_attributes', found {type(info).__name__}")
         info, awhere = info or {}, f"{attr_path}: {asin}"
-        attributes = _get(info, "attributes", list, awhere, null_ok=True) or []
+        attributes = _get(info, "attributes", list, awhere) if "attributes" in info else ["DUMMY_ATTR"]  # as engine.py
         if info.get("instruction") is not None:
             goal_attrs = _get(info, "instruction_attributes", list, awhere)
             if not goal_attrs:  # get_synthetic_goals asserts this
                 raise WebShopDataError(f"{awhere}: expected a non-empty 'instruction_attributes' with its instruction")
-            synth.append((len(products), _get(info, "instruction", str, awhere), tuple(goal_attrs)))
+            synth.append((len(products), _get(info, "instruction", str, awhere), tuple(goal_attrs), stored))
         products.append(Product(asin, title, _get(rec, "query", str, where).lower().strip(), _get(rec, "category", str, where),
                                 _get(rec, "product_category", str, where), tuple(attributes), options, price,
                                 tuple(bullets), description, (), tag))
@@ -293,7 +385,7 @@ def _load(d, full, catalog_seed):
         texts.append(" ".join([title, description, bullets[0] if bullets else "", option_text]))  # WebShop's index doc
     if not products:
         raise WebShopDataError(f"{prod_path}: no usable product (expected records with a string 'asin' of at most 10 characters)")
-    return Catalog(products, texts, reward_fn=reward), synth
+    return Catalog(products, texts, reward_fn=partial(reward, raw_values=raw_values)), synth
 
 
 def load_catalog(data, full=False, catalog_seed=0):
@@ -326,15 +418,16 @@ def _goals(d, full, catalog_seed, human_goals):
     key = ("webshop", d, full, catalog_seed)
     goals = []
     if not human_goals:
-        for i, instruction, goal_attrs in synth:
+        for i, instruction, goal_attrs, stored in synth:
             p = cat.products[i]
             upper, price_text = _price_limit(p.price, random.Random(f"webshop-limit/{catalog_seed}/{p.asin}"))
             names = sorted(p.options)
-            for combo in itertools.product(*(p.options[k] for k in names)):
-                opts = tuple(zip(names, combo))
+            for combo in itertools.product(*(stored[k] for k in names)):
+                pairs = tuple(zip(names, combo))  # goal.py's goal_options.items()
+                opts = tuple((k, " ".join(v.split())) for k, v in pairs)  # as the pages show them
                 text = instruction + (" with " + ", and ".join(f"{k}: {v}" for k, v in opts) if opts else "") + price_text
                 goals.append(ShopTask(text, p.category, p.asin, p.query, p.title, p.path, goal_attrs, opts, upper, key,
-                                      pair_options=True))
+                                      pair_options=True, goal_options=pairs))
     else:
         path = os.path.join(d, HUMAN_FILE)
         human = _read(path, dict, "a JSON object mapping asin -> a list of {instruction, instruction_attributes, "
@@ -349,9 +442,10 @@ def _goals(d, full, catalog_seed, human_goals):
                 if not goal_attrs:
                     continue  # skipped by get_human_goals too
                 upper, price_text = _price_limit(p.price, random.Random(f"webshop-limit/{catalog_seed}/{p.asin}/{j}"))
-                opts = tuple(_typed(p, v) for v in _get(rec, "instruction_options", list, where))
+                bare = tuple(_get(rec, "instruction_options", list, where))
                 goals.append(ShopTask(_get(rec, "instruction", str, where).strip(".") + price_text, p.category, p.asin,
-                                      p.query, p.title, p.path, tuple(goal_attrs), opts, upper, key))
+                                      p.query, p.title, p.path, tuple(goal_attrs), tuple(_typed(p, v) for v in bare),
+                                      upper, key, goal_options=bare))
     if not goals:
         src = HUMAN_FILE + " (instructions with attributes)" if human_goals else FILES[full][1] + " ('instruction' entries)"
         raise WebShopDataError(f"{d}: no goal: {src} names none of the loaded products")

@@ -127,8 +127,8 @@ def data(tmp_path):
 def test_products_load_as_webshop_builds_them(data):
     """engine.py load_products: 'nan', over-long and repeated ASINs skipped; query lowercased and stripped; options
     lowercased with '/' -> ' | ' and null types dropped; one price, a range (shown '$a to $b', bought at a price
-    inside it) or none ($100.0); a single-string small_description is one bullet; items_ins_v2's attribute list;
-    no reviews."""
+    inside it) or none ($100.0); a single-string small_description is one bullet; items_ins_v2's attribute list
+    (['DUMMY_ATTR'] without an entry); no reviews."""
     cat = W.load_catalog(data)
     assert [p.asin for p in cat.products] == [r["asin"] for r in PRODUCTS[:8]]
     lotion, tee, _, _, _, phones, coffee, towels = cat.products
@@ -140,7 +140,7 @@ def test_products_load_as_webshop_builds_them(data):
     assert (phones.price, phones.price_tag, list(phones.options)) == (1299.0, "$1299.0", ["color"])
     assert (coffee.price, coffee.price_tag, coffee.options, coffee.features, coffee.description) == (
         100.0, "$100.0", {}, ("Smooth medium roast",), "")
-    assert towels.attributes == ()
+    assert towels.attributes == ("DUMMY_ATTR",)  # no items_ins_v2 entry: engine.py's placeholder
     assert W.load_catalog(str(data)) is cat  # cached per directory
 
 
@@ -305,6 +305,135 @@ def test_webshop_reward_option_and_price_terms():
     assert opt(_g(options=(("color", "red"),)), {"color": "black"}) == 0  # "red" is in the description: no fallback
     r, t = W.reward(_p(price=40.01), _g(), {"size": "large"})
     assert t["r_price"] == 0.0 and r == pytest.approx(2 / 3)
+
+
+# -----------------------------------------------------------------------------
+# goal.py's reward where thefuzz 0.19's string processing matters, on data in WebShop's file formats
+
+
+def test_thefuzz_019_string_processing_by_hand():
+    """fuzz_tokens is thefuzz 0.19's full_process(force_ascii=True).split(): underscores stay inside words,
+    characters 128-255 are dropped, other letters (fullwidth) are kept and lowercased, a (type, value) pair is
+    read through its repr. token_set_ratio's numbers, by hand from difflib's matching blocks (M matched characters
+    of total length T: round(200 M / T)):
+      "easy_clean" vs "easy clean": no shared token; "easy_clean" vs "clean easy": M 5 ("clean"), T 20 -> 50
+      "naïve" vs "naive": "nave" vs "naive": M 4 ("na", "ve"), T 9 -> 89
+      "Ｌarge" vs "large": "ｌarge" vs "large": M 4 ("arge"), T 10 -> 80
+      "x\\tlarge" vs ("size", "x\\tlarge"): {x, large} vs {size, x, tlarge}, shared "x"; "x" vs "x large" 25,
+        "x" vs "x size tlarge" 14, "x large" vs "x size tlarge": M 7 ("x ", "large"), T 20 -> 70
+      "blue" vs ("color", "navy\\xa0blue"): {blue} vs {color, navy, xa0blue}: "blue" vs "color navy xa0blue": M 4, T 22 -> 36
+      "rust" vs "Rustic": M 4, T 10 -> 80."""
+    assert W.fuzz_tokens("Easy_Clean mat") == ["easy_clean", "mat"]
+    assert W.fuzz_tokens("naïve café") == ["nave", "caf"]
+    assert W.fuzz_tokens("Ｌarge") == ["ｌarge"]
+    assert W.fuzz_tokens(("color", "navy\xa0blue")) == ["color", "navy", "xa0blue"]
+    assert W.fuzz_tokens(("size", "x\tlarge")) == ["size", "x", "tlarge"]
+    assert W.fuzz_tokens("navy\xa0blue") == ["navyblue"] and W.fuzz_tokens("x\tlarge") == ["x", "large"]
+    cases = [("easy_clean", "easy clean", 50), ("naïve", "naive", 89), ("Ｌarge", "large", 80),
+             ("x\tlarge", ("size", "x\tlarge"), 70), ("blue", ("color", "navy\xa0blue"), 36), ("rust", "Rustic", 80),
+             ("large", ("size", "x-large"), 100), ("easy_clean", "Easy_Clean", 100), ("", "x", 0), ("!", "x", 0)]
+    for a, b, want in cases:
+        assert W.token_set_ratio(a, b) == W.token_set_ratio(b, a) == want, (a, b)
+    assert W.normalize_color("Dark red") == "red" and W.normalize_color("dark red") == "dark"  # case-sensitive
+    assert W.normalize_color("Rustic") == "Rustic" and W.normalize_color("rustic") == "rust"
+    assert W.normalize_color(("color", "olive")) == "olive" and W.normalize_color(("color", "navy blue")) == ("color", "navy blue")
+
+
+FUZZ_PRODUCTS = [
+    _product("B0MAT00001", "Kitchen Floor Mat", "furniture", "kitchen mats", "Home & Kitchen › Kitchen › Rugs › Mats",
+             "$15.00", None, None, None),
+    _product("B0TEE00001", "Arcwear Cotton Tee", "fashion", "men's t-shirts", "Clothing › Men › Shirts › T-Shirts", "$20.00",
+             {"Color": _opts("Navy\u00a0Blue", "Olive"), "Size": _opts("X\tLarge", "Small", "XX\u00a0Large")}, ["Crew neck"], "A tee."),
+    _product("B0ART00001", "Naive Art Print", "furniture", "wall art", "Home & Kitchen › Wall Art › Prints", "$25.00",
+             None, ["Ready to hang"], "A print."),
+    _product("B0DESK0001", "Dwellin Writing Desk", "furniture", "desks", "Home & Kitchen › Furniture › Desks", "$80.00",
+             {"Style": _opts("Rustic", "Modern"), "Color": _opts("Dark Red", "Black")}, ["Steel legs"], "A desk."),
+]
+FUZZ_ATTRS = {
+    "B0MAT00001": {"attributes": ["easy_clean", "non slip"], "instruction": "i need an easy clean kitchen mat",
+                   "instruction_attributes": ["easy clean", "non slip"]},
+    "B0TEE00001": {"attributes": ["soft"], "instruction": "i want a soft cotton tee", "instruction_attributes": ["soft"]},
+    "B0ART00001": {"attributes": ["naive", "framed"], "instruction": "i want a naïve framed art print",
+                   "instruction_attributes": ["naïve", "framed"]},
+    "B0DESK0001": {"attributes": ["sturdy"]},
+}
+FUZZ_HUMAN = {
+    "B0TEE00001": [{"instruction": "I want a small soft tee.", "instruction_attributes": ["soft"], "instruction_options": ["Ｓmall"]},
+                   {"instruction": "A soft tee, xxlarge", "instruction_attributes": ["soft"], "instruction_options": ["xxlarge"]}],
+    "B0DESK0001": [{"instruction": "A rustic desk in dark red.", "instruction_attributes": ["sturdy"],
+                    "instruction_options": ["Rustic", "Dark red"]},
+                   {"instruction": "A rustic desk in black.", "instruction_attributes": ["sturdy"],
+                    "instruction_options": ["rustic", "Black"]}],
+}
+
+
+@pytest.fixture
+def fuzz_data(tmp_path):
+    return write(tmp_path / "data", FUZZ_PRODUCTS, FUZZ_ATTRS, FUZZ_HUMAN)
+
+
+def _buy(suite, task, clicks):
+    """Play the pages: search the target's title, open it, click option values as the page shows them, buy."""
+    env = suite.new_env()
+    env.reset(task)
+    env.step(f"search[{task.name}]")
+    assert env.step(f"click[{task.asin.lower()}]")[3]["action_admissible"]
+    for c in clicks:
+        assert env.step(f"click[{c}]")[3]["action_admissible"], c
+    obs, r, done, info = env.step("click[buy now]")
+    assert done and info["score"] == r
+    return r
+
+
+def test_reward_underscores_non_ascii_and_null_texts(fuzz_data):
+    """Attributes through thefuzz 0.19: the goal's "easy clean" misses the product's "easy_clean" (50, an underscore
+    is a word character), so the target of that goal earns (1 + 0 + 1) / (2 + 0 + 1); "naïve" matches "naive" (89:
+    the ï is dropped), so the print's goal pays 1.0. The mat's null description and features score as empty text
+    where goal.py's substring fallback would raise (departure 6)."""
+    suite = envs.make("shop", "eval_unseen", data=str(fuzz_data))
+    mat = next(t for t in suite.tasks if t.asin == "B0MAT00001")
+    assert _buy(suite, mat, []) == pytest.approx(2 / 3)
+    art = next(t for t in suite.tasks if t.asin == "B0ART00001")
+    assert _buy(suite, art, []) == 1.0
+
+
+def test_reward_escaped_whitespace_in_synthetic_goal_options(fuzz_data):
+    """The tee's stored option values hold no-break spaces and a tab; pages and click[...] show them collapsed
+    ("navy blue", "x large", "xx large"), the goal text too, but the reward reads them as stored: a synthetic
+    goal's (type, value) pair reaches thefuzz as its repr, so ("color", "navy\\xa0blue") misses the bought
+    "navy\\xa0blue" (-> "blue", 36), ("size", "x\\tlarge") misses the bought "x\\tlarge" (70) and ("size",
+    "xx\\xa0large") the bought "xxlarge" (the no-break space dropped: M 6, T 23 -> 52). R = (n_attr + n_opt + 1) /
+    (1 + 2 + 1) with n_attr = 1: 0.5 with both values escaped, 0.75 with one, 1.0 with neither."""
+    suite = envs.make("shop", "eval_unseen", data=str(fuzz_data))
+    tees = {t.goal_options: t for t in suite.tasks if t.asin == "B0TEE00001"}
+    assert sorted(tees) == sorted(itertools.product([("color", "navy\xa0blue"), ("color", "olive")],
+                                                   [("size", "x\tlarge"), ("size", "small"), ("size", "xx\xa0large")]))
+    want = {("navy\xa0blue", "x\tlarge"): 0.5, ("navy\xa0blue", "small"): 0.75, ("navy\xa0blue", "xx\xa0large"): 0.5,
+            ("olive", "x\tlarge"): 0.75, ("olive", "small"): 1.0, ("olive", "xx\xa0large"): 0.75}
+    for pairs, task in tees.items():
+        shown = [" ".join(v.split()) for _, v in pairs]
+        assert task.options == tuple(zip(("color", "size"), shown)) and task.pair_options
+        assert " with color: " + shown[0] + ", and size: " + shown[1] + ", and price" in task.instruction
+        assert _buy(suite, task, shown) == want[tuple(v for _, v in pairs)], pairs
+
+
+def test_reward_human_goal_options_as_written(fuzz_data):
+    """Human goals keep the crowd's strings for the reward; normalize_color is case-sensitive and thefuzz keeps
+    fullwidth letters: "Rustic" misses the bought "rustic" (-> "rust", 80) and "Dark red" (-> "red") misses the
+    bought "dark red" (-> "dark", 29), so that desk goal earns (1 + 0 + 1) / (1 + 2 + 1) = 0.5, while "rustic" and
+    "Black" both match (1.0); "Ｓmall" misses the bought "small" (80): (1 + 0 + 1) / (1 + 1 + 1). The bought
+    option is read as stored: "xxlarge" matches the shown "xx large" whose stored "xx\\xa0large" thefuzz reads as
+    "xxlarge" (1.0; the shown value would score "large xx" vs "xxlarge": M 5, T 15 -> 67, a miss). The expert
+    still gets the values typed on the product."""
+    suite = envs.make("shop", "eval_unseen", data=str(fuzz_data), human_goals=True)
+    by = {t.goal_options: t for t in suite.tasks}
+    assert sorted(by) == sorted([("Ｓmall",), ("xxlarge",), ("Rustic", "Dark red"), ("rustic", "Black")])
+    red, black = by[("Rustic", "Dark red")], by[("rustic", "Black")]
+    assert red.options == (("style", "rustic"), ("color", "dark red")) and not red.pair_options
+    assert _buy(suite, red, ["rustic", "dark red"]) == 0.5
+    assert _buy(suite, black, ["rustic", "black"]) == 1.0
+    assert _buy(suite, by[("Ｓmall",)], ["olive", "small"]) == pytest.approx(2 / 3)
+    assert _buy(suite, by[("xxlarge",)], ["xx large"]) == 1.0
 
 
 # -----------------------------------------------------------------------------
