@@ -277,6 +277,12 @@ def _data_dir(data):
     return d
 
 
+def _json_type(x):
+    """What a JSON value is, in JSON's words (error messages)."""
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number",
+            type(None): "null"}.get(type(x), type(x).__name__)
+
+
 def _read(path, kind, what):
     if not os.path.isfile(path):
         problem = "not a file" if os.path.exists(path) else "no such file"
@@ -289,7 +295,7 @@ def _read(path, kind, what):
     except OSError as e:
         raise WebShopDataError(f"{path}: cannot be read ({e.strerror or e}); expected {what}") from None
     if not isinstance(obj, kind):
-        raise WebShopDataError(f"{path}: expected {what}, found a JSON {type(obj).__name__}")
+        raise WebShopDataError(f"{path}: expected {what}, found {_json_type(obj)}")
     return obj
 
 
@@ -299,8 +305,8 @@ def _get(rec, key, kind, where, null_ok=False):
     if v is None and null_ok:
         return None
     if not isinstance(v, kind) or (kind is list and not all(isinstance(x, str) for x in v)):
-        found = "nothing" if key not in rec else (f"a list holding {type(next(x for x in v if not isinstance(x, str))).__name__}"
-                                                   if isinstance(v, list) else "null" if v is None else type(v).__name__)
+        found = "nothing" if key not in rec else (f"a list holding {_json_type(next(x for x in v if not isinstance(x, str)))}"
+                                                   if isinstance(v, list) else _json_type(v))
         name = {str: "a string", list: "a list of strings", dict: "an object"}[kind]
         raise WebShopDataError(f"{where}: expected {key!r} to be {name}, found {found}")
     return v
@@ -326,7 +332,7 @@ def parse_options(raw, where):
     if not raw:
         return {}, {}
     if not isinstance(raw, dict):
-        raise WebShopDataError(f"{where}: expected 'customization_options' to be null or an object, found {type(raw).__name__}")
+        raise WebShopDataError(f"{where}: expected 'customization_options' to be null or an object, found {_json_type(raw)}")
     shown, stored = {}, {}
     for name, contents in raw.items():
         if contents is None:
@@ -350,7 +356,7 @@ def _load(d, full, catalog_seed):
     for i, rec in enumerate(raw):
         where = f"{prod_path}: product {i}"
         if not isinstance(rec, dict):
-            raise WebShopDataError(f"{where}: expected a product object, found {type(rec).__name__}")
+            raise WebShopDataError(f"{where}: expected a product object, found {_json_type(rec)}")
         asin = _get(rec, "asin", str, where)
         if asin == "nan" or len(asin) > 10 or asin in seen:
             continue  # skipped by load_products too
@@ -370,7 +376,7 @@ def _load(d, full, catalog_seed):
         info = attrs.get(asin)
         if info is not None and not isinstance(info, dict):
             raise WebShopDataError(f"{attr_path}: {asin}: expected an object with 'attributes', 'instruction', "
-                                   f"'instruction_attributes', found {type(info).__name__}")
+                                   f"'instruction_attributes', found {_json_type(info)}")
         info, awhere = info or {}, f"{attr_path}: {asin}"
         attributes = _get(info, "attributes", list, awhere) if "attributes" in info else ["DUMMY_ATTR"]  # as engine.py
         if info.get("instruction") is not None:

@@ -454,7 +454,21 @@ def _drop(i, key):
     ({}, dict(full=True), r"items_shuffle\.json: no such file"),
     (dict(human=None), dict(human_goals=True), r"items_human_ins\.json: no such file"),
     (dict(products="[{"), {}, r"items_shuffle_1000\.json: not valid JSON \(.*\); expected a JSON list"),
-    (dict(products={"B07LOTION1": {}}), {}, r"items_shuffle_1000\.json: expected a JSON list of product records, found a JSON dict"),
+    (dict(products={"B07LOTION1": {}}), {}, r"items_shuffle_1000\.json: expected a JSON list of product records, found an object"),
+    (dict(products=json.dumps(PRODUCTS)[:300]), {}, r"items_shuffle_1000\.json: not valid JSON \(Unterminated string .*\); expected a JSON list"),
+    (dict(attrs=json.dumps(ATTRS)[:-1]), {}, r"items_ins_v2_1000\.json: not valid JSON \(.*\); expected a JSON object mapping asin"),
+    (dict(human=json.dumps(HUMAN)[:120]), dict(human_goals=True), r"items_human_ins\.json: not valid JSON \(.*\); expected a JSON object"),
+    (dict(attrs=[ATTRS]), {}, r"items_ins_v2_1000\.json: expected a JSON object mapping asin .*, found a list"),
+    (dict(human=[HUMAN]), dict(human_goals=True), r"items_human_ins\.json: expected a JSON object mapping asin .*, found a list"),
+    (dict(products=["B07LOTION1"]), {}, r"items_shuffle_1000\.json: product 0: expected a product object, found a string"),
+    (dict(products=_drop(0, "asin")), {}, r"product 0: expected 'asin' to be a string, found nothing"),
+    (dict(products=_drop(2, "query")), {}, r"product 2 \(B09SNEAKR1\): expected 'query' to be a string, found nothing"),
+    (dict(products=_set(3, category=None)), {}, r"product 3 \(B07PILLOW1\): expected 'category' to be a string, found null"),
+    (dict(products=_set(0, small_description=["ok", 2])), {}, r"expected 'small_description' to be a list of strings, found a list holding a number"),
+    (dict(attrs={**ATTRS, "B07LOTION1": dict(ATTRS["B07LOTION1"], attributes=None)}), {},
+     r"items_ins_v2_1000\.json: B07LOTION1: expected 'attributes' to be a list of strings, found null"),
+    (dict(attrs={**ATTRS, "B07LOTION1": ["dry skin"]}), {}, r"items_ins_v2_1000\.json: B07LOTION1: expected an object .*, found a list"),
+    (dict(human={"B07LOTION1": {"instruction": "x"}}), dict(human_goals=True), r"items_human_ins\.json: B07LOTION1: expected a list of instruction objects"),
     (dict(products=_drop(1, "name")), {}, r"product 1 \(B08TSHIRT1\): expected 'name' to be a string, found nothing"),
     (dict(products=_set(0, pricing="twelve dollars")), {}, r"product 0 \(B07LOTION1\): expected 'pricing' like '\$12\.99'"),
     (dict(products=_set(0, customization_options={"Size": ["8 fl oz"]})), {}, r"expected customization option 'Size' to be a list"),
@@ -474,3 +488,14 @@ def test_errors_name_the_file_and_what_was_expected(tmp_path, files, kw, message
     assert "\n" not in str(e.value)
     with pytest.raises(W.WebShopDataError, match=r"nope: no such directory \(expected WebShop's data/ folder"):
         envs.make("shop", "train", data=str(tmp_path / "nope"))
+
+
+def test_data_paths_that_are_not_what_they_should_be(tmp_path):
+    """A data path that is a file, and a data file that is a directory, are named with what they are."""
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(W.WebShopDataError, match=r"file: not a directory \(expected WebShop's data/ folder"):
+        envs.make("shop", "train", data=str(tmp_path / "file"))
+    d = write(tmp_path / "data", products=None)
+    (d / W.FILES[False][0]).mkdir()
+    with pytest.raises(W.WebShopDataError, match=r"items_shuffle_1000\.json: not a file \(expected a JSON list"):
+        envs.make("shop", "train", data=str(d))
