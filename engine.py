@@ -39,13 +39,13 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 import model as M
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)  # static mode's batch sizes
 S_BLOCK = 256  # static mode: attention spans a multiple of this many cache slots
 SYNC_EVERY = 8  # static mode: decode steps between host checks for finished rows
+CUDA_GRAPHS = True  # False: static mode runs its steps eagerly on CUDA too (to compare against the graphs)
 
 
 @dataclass
@@ -66,7 +66,7 @@ def sample(logits, temperature=1.0, top_k=0, top_p=1.0, generator=None, u=None):
     Returns (B,) token ids."""
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits / temperature
+    logits = logits / temperature if temperature != 1.0 else logits
     if 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -217,7 +217,7 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
                          f"max_position_embeddings={cfg.max_position_embeddings}")
     backend = M.resolve_backend(inner.attn_backend, w)
     static = dev.type == "cuda" if static is None else static
-    graphs = static and dev.type == "cuda" and not torch.is_autocast_enabled("cuda")
+    graphs = static and CUDA_GRAPHS and dev.type == "cuda" and not torch.is_autocast_enabled("cuda")
     b = bucket(B, static)
     eng = _engine(inner, b, max(lens) + R, backend, static, graphs)
     t0 = time.perf_counter()
@@ -239,7 +239,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
             u = torch.rand(B, 1, generator=generator, device=dev,
                            dtype=torch.float64 if dev.type == "cpu" else torch.float32)[live.clamp(max=B - 1)]
         nxt = sample(logits, temperature, top_k, top_p, u=u)  # (b,)
-        lp = F.log_softmax(logits / logprob_temperature, dim=-1).gather(-1, nxt[:, None]).squeeze(-1)
+        z = logits if logprob_temperature == 1.0 else logits / logprob_temperature  # (b, V): one pass fewer at T = 1
+        lp = z.gather(-1, nxt[:, None]).squeeze(-1) - torch.logsumexp(z, dim=-1)  # log_softmax at the sampled ids
         dst = torch.where(done, B, live)
         tokens[dst, t], logprobs[dst, t], mask[dst, t] = nxt, lp, 1
         done = done | torch.isin(nxt, stop)

@@ -345,19 +345,31 @@ def test_static_step_keeps_its_engine_and_rebuilds_when_outgrown(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-def test_cuda_graph_replay_equals_eager(tmp_path):
+def test_cuda_graph_replay_equals_eager(tmp_path, monkeypatch):
     """On CUDA in bfloat16, replaying the captured decode steps gives the eager static steps' tokens and
-    log-probs from the same generator (sampled, ragged, with stops); an adapter switch recaptures."""
+    log-probs from the same generator (sampled, ragged, with stops, a compaction); with adapters switched
+    off the graphs are recaptured, not replayed with the adapters' weights."""
     make_hf("qwen2-gqa", tmp_path)
     m = M.load(str(tmp_path), device="cuda", dtype=torch.bfloat16, attn_backend="sdpa")
     seqs = prompts(13, lo=2, hi=60, seed=23)
     run = lambda: E.generate(m, seqs, 40, 1.0, stop_ids=[5, 17], generator=torch.Generator("cuda").manual_seed(3))
     graphed = run()
     assert len(m._engine.graphs) > 0
-    m._engine.use_graphs = False
+    monkeypatch.setattr(E, "CUDA_GRAPHS", False)
     eager = run()
+    assert not m._engine.use_graphs
     assert torch.equal(graphed.tokens, eager.tokens) and torch.equal(graphed.mask, eager.mask)
     torch.testing.assert_close(graphed.logprobs, eager.logprobs, atol=0, rtol=0)
+    M.add_lora(m, 2, 4.0)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if n.endswith("lora_B.weight"):
+                p.normal_(0, 0.5)
+    monkeypatch.setattr(E, "CUDA_GRAPHS", True)
+    on = run()
+    with M.adapters_off(m):
+        off = run()
+    assert torch.equal(off.tokens, graphed.tokens) and not torch.equal(on.tokens, graphed.tokens)
 
 
 # ---------------------------------------------------------------------------- flash-attn path
