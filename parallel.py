@@ -109,6 +109,11 @@ def broadcast(obj):
     return box[0]
 
 
+def all_gather_flat(items):
+    """Every rank's list, concatenated in rank order."""
+    return [x for part in all_gather(items) for x in part]
+
+
 def my_slice(items):
     """This rank's contiguous share of a list whose length W divides."""
     n = len(items) // WORLD
@@ -118,6 +123,11 @@ def my_slice(items):
 def strided(items):
     """This rank's share of a list of any length (every W-th item)."""
     return items[RANK::WORLD]
+
+
+def unstrided(parts, n):
+    """The inverse of strided: the n items in their original order from all ranks' shares (all_gather's list)."""
+    return [parts[i % WORLD][i // WORLD] for i in range(n)]
 
 
 # -----------------------------------------------------------------------------
@@ -186,6 +196,19 @@ def load_optimizer(model, opt, path):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
     full = torch.load(path, map_location="cpu")
     set_optimizer_state_dict(model, opt, full, options=StateDictOptions(full_state_dict=True))
+
+
+def check_ranks(model, **counts):
+    """Per-rank counts for the metrics row ({name: [rank 0's, rank 1's, ...]}, None in one process), asserting the
+    invariants that keep DDP / FSDP2 from hanging or drifting: every rank made the same number of backward passes
+    (counts["backward"]), and under DDP every rank holds the same parameters."""
+    if WORLD == 1:
+        return None
+    ranks = all_gather(dict(counts, **({} if is_fsdp(model) else {"param_sum": param_checksum(model)})))
+    out = {k: [r[k] for r in ranks] for k in ranks[0]}
+    assert len(set(out["backward"])) == 1, f"ranks made different backward passes: {out}"
+    assert len(set(out.get("param_sum", [0]))) == 1, f"parameters differ across ranks: {out}"
+    return out
 
 
 def param_checksum(model):

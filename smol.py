@@ -197,8 +197,7 @@ def siri_iteration(policy, tok, suite, mined, a):
         for use in mine.paired_split(args.group_size):
             skills.append(R.format_skill(s.fields) if use else None)
             skill_ids.append(s.id if use else None)
-    prompter = R.Prompter(tok, suite.description, history=args.history, think=args.think,
-                          max_prompt_tokens=args.max_prompt_tokens)
+    prompter = R.Prompter(tok, suite.description, history=args.history, think=args.think)
     sampling = R.Sampling(temperature=args.temperature, max_new_tokens=args.max_new_tokens)
     gen = torch.Generator().manual_seed(args.seed)
     steps, eps, st = R.rollout(policy, tok, prompter, suite, tasks, args.group_size, sampling, generator=gen,
@@ -222,7 +221,7 @@ def siri_iteration(policy, tok, suite, mined, a):
     blocks = train.skill_blocks(tok, bank, set(skill_ids) - {None})
     lam = D.lambda_schedule(0, args.lambda_max, args.lambda_ramp)  # the first iteration of phase 2
     ref = M.load(a.model).eval() if args.kl_coef > 0 else None
-    opt = torch.optim.AdamW(policy.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    opt = U.optimizer(policy, args.lr)
     policy.train()
     t1 = time.time()
     m, _, _ = U.train_step(policy, ref, opt, steps, adv, args, rng, delta, blocks, lam, spare=steps[0])

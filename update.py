@@ -1,14 +1,24 @@
 """
-update.py: one PPO epoch over an iteration's step samples, plus phase 2's internalization loss (SPEC 2-3).
+update.py: one PPO epoch over an iteration's step samples, plus phase 2's internalization loss
+(docs/algorithm.md, "GiGPO" and "Internalization").
 
     metrics, n_backward, streak = update.train_step(policy, ref, opt, steps, adv, args, rng, delta, blocks, lam, spare)
 
 The samples are shuffled and cut into --updates mini-batches; each mini-batch is accumulated over micro-batches
 of at most --micro-tokens tokens (`micro_batches`) so that the token mean is exact whatever the split, then
 clipped and stepped once. In phase 2 each micro-batch adds lambda x L_int (distill.py) on its samples that pass
-the gates, in the same gradient. Under torchrun (parallel.py) the normalisers are global sums and every rank makes
-the same number of forward and backward passes, so DDP and FSDP2 never wait on a rank that ran out of samples.
-A mini-batch with a non-finite loss or gradient norm is skipped on every rank alike.
+the gates, in the same gradient:
+
+    L = L_base + beta L_KL(ref) + lambda(k) L_int
+
+Under torchrun (parallel.py) the normalisers are global sums and every rank makes the same number of forward
+and backward passes, so DDP and FSDP2 never wait on a rank that ran out of samples. A mini-batch with a
+non-finite loss or gradient norm is skipped on every rank alike.
+
+The constants below are GiGPO's (PPO clip 0.2 both sides, dual clip 3.0, entropy bonus 0.001, AdamW weight
+decay 0.01, gradient clip 1.0) and SIRI's unpublished choices for L_int (full-vocabulary KL, advantage cap
+c = 1.0); nobody needs them as flags. DISTILL = "nll" selects the weighted NLL of the sampled token under the
+student context instead (no teacher forward).
 """
 
 import math
@@ -19,6 +29,14 @@ import distill as D
 import gigpo
 import model as M
 import parallel as P
+
+CLIP = 0.2            # PPO ratio clip, both sides
+DUAL_CLIP = 3.0       # dual-clip bound for negative advantages
+ENTROPY_COEF = 0.001  # entropy bonus
+WEIGHT_DECAY = 0.01   # AdamW
+GRAD_CLIP = 1.0       # gradient norm clip per mini-batch
+DISTILL = "kl"        # L_int: "kl" = KL(teacher || student) over the vocabulary, "nll" = sampled-token NLL
+ADV_CAP = 1.0         # c in the distillation token weight clip(A, 0, c)
 
 
 def micro_batches(idx, lengths, budget):
@@ -37,6 +55,11 @@ def amp(a):
     return torch.autocast(a.device.split(":")[0], dtype=torch.bfloat16, enabled=a.amp)
 
 
+def optimizer(policy, lr):
+    """AdamW as GiGPO's setup has it (betas 0.9 / 0.999, weight decay WEIGHT_DECAY, constant lr; --warmup ramps it)."""
+    return torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.999))
+
+
 def internalization_loss(policy, steps, w, blocks, total_weight, a):
     """L_int (distill.py) on skill samples: teacher = their prompts (skill block in, no gradient), student = the
     same prompts with exactly the block removed; both score the responses sampled under the skill.
@@ -46,13 +69,13 @@ def internalization_loss(policy, steps, w, blocks, total_weight, a):
     student = [D.strip_skill(s.prompt, blocks[s.skill]) if s.skill in blocks else s.prompt for s in steps]
     w = w[:, :max(1, max(map(len, resps)))]  # (B, R) as the log-probs below
     with amp(a):
-        if a.distill == "kl":
+        if DISTILL == "kl":
             with torch.no_grad():
                 teacher = D.vocab_logprobs(policy, [s.prompt for s in steps], resps, a.temperature)  # (B, R, V)
             stud = D.vocab_logprobs(policy, student, resps, a.temperature)  # (B, R, V)
         else:  # nll: the sampled token under the student context, no teacher forward
             teacher, stud = None, M.score(policy, student, resps, temperature=a.temperature)[0]  # (B, R)
-    return D.distill_loss(stud, teacher, w.to(stud.device), kind=a.distill, total_weight=total_weight)
+    return D.distill_loss(stud, teacher, w.to(stud.device), kind=DISTILL, total_weight=total_weight)
 
 
 def train_step(policy, ref, opt, steps, adv, a, rng, delta, blocks, lam, spare, streak=0):
@@ -85,7 +108,7 @@ def train_step(policy, ref, opt, steps, adv, a, rng, delta, blocks, lam, spare, 
             for j, i in enumerate(mb):
                 resp_mask[j, :len(steps[i].response)] = 1
             w_mb = D.gate_weights([steps[i].skill is not None for i in mb], [delta[i] for i in mb], adv[mb],
-                                  resp_mask, cap=a.adv_cap)  # (B_mb, R_mb)
+                                  resp_mask, cap=ADV_CAP)  # (B_mb, R_mb)
             W_local, n_gated, n_resp = float(w_mb.sum()), n_gated + int((w_mb > 0).sum()), n_resp + n_tok_local
         chunks = micro_batches(mb, lengths, a.micro_tokens)
         n_tok, W, K = *P.all_sum([n_tok_local, W_local]), int(P.all_max([len(chunks)])[0])
@@ -113,8 +136,8 @@ def train_step(policy, ref, opt, steps, adv, a, rng, delta, blocks, lam, spare, 
                 with torch.no_grad(), amp(a):
                     ref_logp = M.score(ref, prompts, resps, temperature=a.temperature)[0]
             loss, m = gigpo.policy_loss(logp, old, adv[chunk].to(logp.device), mask, ref_logp=ref_logp, entropy=ent,
-                                        clip_low=a.clip, clip_high=a.clip, dual_clip=a.dual_clip,
-                                        entropy_coef=a.entropy_coef, kl_coef=a.kl_coef, total_tokens=n_tok / W_)
+                                        clip_low=CLIP, clip_high=CLIP, dual_clip=DUAL_CLIP,
+                                        entropy_coef=ENTROPY_COEF, kl_coef=a.kl_coef, total_tokens=n_tok / W_)
             (loss * scale).backward()
             n_bwd += 1
             loss_sum += float(loss.detach()) * scale / W_
@@ -135,7 +158,7 @@ def train_step(policy, ref, opt, steps, adv, a, rng, delta, blocks, lam, spare, 
                     ratio_max = max(ratio_max, v if scale else 0.0)
                 elif k not in ("n_tokens", "pg_loss_agg"):  # (per-call diagnostics)
                     metrics[k] = metrics.get(k, 0.0) + v * w / a.updates
-        gn = torch.nn.utils.clip_grad_norm_(policy.parameters(), a.grad_clip)
+        gn = torch.nn.utils.clip_grad_norm_(policy.parameters(), GRAD_CLIP)
         gn = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)  # FSDP2: a DTensor
         bad = P.all_max([float(not (math.isfinite(gn) and math.isfinite(loss_sum)))])[0] > 0
         if bad:  # NaN / inf: no step; every rank decides alike (gn is global, the flag is reduced)

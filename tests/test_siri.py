@@ -50,12 +50,14 @@ def test_phase_schedule_is_adaptive_and_phase2_on_time():
 
 
 def test_flags_backbone_group_size_defaults():
-    """--algo siri is the default; --backbone grpo sets omega 0; N_req and the mining count default from --groups;
-    SIRI refuses an odd group size (the paired split needs two halves)."""
+    """--algo siri is the default; --backbone grpo means omega 0 (no step advantage), also for --algo grpo, not for
+    plain gigpo; N_req defaults to 2 x --groups; SIRI refuses an odd group size (the paired split needs two
+    halves)."""
     a = train.get_args(["--groups", "3"])
-    assert a.algo == "siri" and a.omega == 1.0 and a.n_req == 6 and a.mine_count == 3
-    assert train.get_args(["--backbone", "grpo"]).omega == 0.0
-    assert train.get_args(["--algo", "gigpo", "--backbone", "grpo"]).omega == 1.0
+    assert a.algo == "siri" and not train.uses_grpo(a) and a.n_req == 6
+    assert train.uses_grpo(train.get_args(["--backbone", "grpo"]))
+    assert train.uses_grpo(train.get_args(["--algo", "grpo"]))
+    assert not train.uses_grpo(train.get_args(["--algo", "gigpo", "--backbone", "grpo"]))
     with pytest.raises(SystemExit):
         train.get_args(["--group-size", "3"])
     assert train.get_args(["--algo", "gigpo", "--group-size", "3"]).group_size == 3
@@ -198,7 +200,7 @@ def test_phase2_distills_only_in_phase2(siri_run):
 
 
 @pytest.mark.parametrize("kind", ["kl", "nll"])
-def test_internalization_gradient_exact_over_micro_batches(policy_dir, kind):
+def test_internalization_gradient_exact_over_micro_batches(policy_dir, kind, monkeypatch):
     """train_step's phase-2 gradient = the PPO gradient + lambda x the gradient of L_int over exactly the gated
     samples (skill used, delta_g > 0, A > 0) normalised by the mini-batch's weight sum, the same whether each
     sample is its own micro-batch or all share one; gate_frac counts the gated response tokens."""
@@ -214,9 +216,10 @@ def test_internalization_gradient_exact_over_micro_batches(policy_dir, kind):
                             skill_ids=[i // 4 if i % 4 >= 2 else None for i in range(8)])
     adv = torch.linspace(-1.0, 2.0, len(steps))
     delta = [1.0 if s.group == 0 else -1.0 for s in steps]  # group 1's skill did not help: its gate is closed
-    a = SimpleNamespace(updates=1, temperature=1.0, recompute_old_logp=False, clip=0.2, dual_clip=3.0,
-                        entropy_coef=0.001, kl_coef=0.0, grad_clip=1e9, lr=1.0, warmup=0, adv_cap=1.0, distill=kind,
+    a = SimpleNamespace(updates=1, temperature=1.0, recompute_old_logp=False, kl_coef=0.0, lr=1.0, warmup=0,
                         amp=False, device="cpu", max_bad_steps=5)
+    monkeypatch.setattr(U, "DISTILL", kind)
+    monkeypatch.setattr(U, "GRAD_CLIP", 1e9)  # no clipping: the update is the raw gradient
 
     def update(micro_tokens, lam):  # SGD with lr 1: before - after = the gradient
         policy = M.load(policy_dir)

@@ -90,7 +90,7 @@ def update(policy_dir, shard, out):
     def run(model, mine_idx):
         ref = M.load(policy_dir).requires_grad_(False)
         ref = P.wrap(ref, "fsdp") if shard == "fsdp" and P.WORLD > 1 else ref
-        opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=a.weight_decay)
+        opt = U.optimizer(model, a.lr)
         st = [steps[i] for i in mine_idx]
         m, n_bwd, _ = U.train_step(model, ref, opt, st, adv[mine_idx], a, random.Random(0), [None] * len(st),
                                        {}, 0.0, spare=steps[0])
