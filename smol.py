@@ -19,7 +19,7 @@ transformers model's (max abs diff printed).
 demo, (a) mining: the env's scripted expert (observable, as bootstrap.py's demonstrations) solves household
 train tasks of distinct task types; the won trajectories go into a mine.SuccessBuffer, and mine.mine asks
 SmolLM2 for a skill from each (greedy, then --mine-samples sampled rounds). Each raw answer is printed with
-whether parse_skill accepts it. (b) one SIRI iteration in phase 2, wired as train.main does (its get_args,
+whether parse_skill accepts it. (b) one SIRI iteration in phase 2, wired as train.iteration does (its get_args,
 describe, train_step): --groups tasks x --group-size envs, paired_split (plain half, skill half), a rollout
 capped at --max-steps, GiGPO advantages, delta_g (mine.paired_deltas), one optimizer step of update.train_step
 with lambda = lambda_schedule(0) > 0, so L_int is computed on every token whose gates open.
@@ -173,7 +173,7 @@ def mine_demo(policy, tok, suite, a):
 
 
 # -----------------------------------------------------------------------------
-# demo (b): one SIRI iteration in phase 2, as train.main wires it
+# demo (b): one SIRI iteration in phase 2, as train.iteration wires it
 
 def siri_iteration(policy, tok, suite, mined, a):
     args = train.get_args(["--model", a.model, "--groups", str(a.groups), "--group-size", str(a.group_size),
