@@ -147,7 +147,7 @@ def run_table(rows):
     lines = ["| policy | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
     named = [(f"start (iteration {evals[0]['iter']})", evals[0]), (f"end (iteration {evals[-1]['iter']})", evals[-1])]
     named += [("end, with skills in the prompt (siri: best active)", r) for r in rows if r.get("with_skills")]
-    for name, r in named[:len(evals)] + named[2:]:
+    for name, r in named[:min(2, len(evals))] + named[2:]:
         lines.append(f"| {name} | " + " | ".join(f"{r[s]['success']:.3f} ({r[s]['n']} tasks)" for s in splits) + " |")
     return "\n".join(lines)
 

@@ -66,6 +66,11 @@ def test_run_table_and_learning_curve(tmp_path):
     text = report.run_table(rows)
     assert "| start (iteration 0) | 0.250 (10 tasks) | 0.500 (10 tasks) |" in text
     assert "| end (iteration 3) | 0.750 (10 tasks) | 0.500 (10 tasks) |" in text
+    middle = dict(rows[0], iter=2)  # a periodic evaluation, and one with skills after the final one
+    skills = dict(rows[-1], with_skills=True)
+    lines = report.run_table(rows[:-1] + [middle, rows[-1], skills]).splitlines()
+    assert [x.split(" |")[0] for x in lines[2:]] == ["| start (iteration 0)", "| end (iteration 3)",
+                                                    "| end, with skills in the prompt (siri: best active)"]
     png = str(tmp_path / "curve.png")
     report.learning_curve(rows, png, "t")
     with open(png, "rb") as f:
