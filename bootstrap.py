@@ -62,12 +62,13 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 DEFAULTS = dict(env="household", seed=0, demos=600, noise=0.25, vocab=4096, hidden=192, layers=4, heads=4, kv_heads=2,
                 intermediate=512, sft_steps=450, optimizer="muon", batch=16, lr=3e-3, prompt_loss=1.0, history=2, room_size="small", amp=1,
-                skill_frac=0.4, rare="heat,cool", rare_plain=0.1, mine_frac=0.2, entity_tokens=0)
+                skill_frac=0.5, rare="heat,cool", rare_plain=1.0, rare_naive=0.7, wrong_frac=0.25, mine_frac=0.2,
+                entity_tokens=0)
 # shop: pages are long (one step of history keeps prompts near 450 tokens), products are picked by ASIN, and
 # copying the query and ASINs needs more data and steps (450 steps on 600 demos: 0% success; these: 13% seen).
 # Skills as in the household: the plain demos mostly lack two categories, which skill-guided demos cover.
 ENV_DEFAULTS = {"shop": dict(history=1, entity_tokens=1, demos=1200, sft_steps=1000, noise=0.15, rare="grocery,home",
-                             rare_plain=0.2)}
+                             rare_plain=0.2, rare_naive=0.0, wrong_frac=0.0, skill_frac=0.4)}
 
 
 # Reference skills (a skill's three fields) per household task type: what a good miner writes. Each field has
@@ -152,15 +153,33 @@ def _task_type(task):
     return getattr(task, "task_type", None) or task.category  # household tasks / shop tasks
 
 
-def demonstrations(suite, n, seed, prompter_text, noise=0.25, skill_frac=0.0, rare=(), rare_plain=1.0):
+def naive_action(env):
+    """What a demonstrator that does not know the task type's procedure plays: the expert of the simple
+    pick-and-place task (household: take the object to the target, skipping the heat / cool step)."""
+    if not hasattr(env, "task_type") or env.task_type not in HOUSEHOLD_TYPES:
+        return env.expert_action(observable=True)
+    true_type, env.task_type = env.task_type, NAIVE_TYPE
+    try:
+        return env.expert_action(observable=True)
+    finally:
+        env.task_type = true_type
+
+
+def demonstrations(suite, n, seed, prompter_text, noise=0.25, skill_frac=0.0, rare=(), rare_plain=1.0,
+                   rare_naive=0.0, wrong_frac=0.0):
     """(user message, skill block or None, action) triples from expert episodes on n tasks of a shuffled train split.
 
     With probability `noise` a step plays a random admissible action instead (not a training pair), so the
     demonstrations also show states off the expert's path, "Nothing happens." included, and the way back.
-    A fraction `skill_frac` of episodes carry a correct skill block for their task type; half of those use the
-    target-first variant and the expert follows it, so the skill must be read to act right. Plain episodes of the
-    `rare` task types are kept with probability `rare_plain` only: the plain policy lacks their procedures,
-    which skills then supply (docs/algorithm.md, "Embedded default policy")."""
+    A fraction `skill_frac` of episodes carry a skill block for their task type; half of those use the
+    target-first variant and the expert follows it, so the block must be read to act right.
+
+    The `rare` task types stand for procedures the policy's pre-training lacks (docs/algorithm.md, "The embedded
+    policy"): their plain episodes are kept with probability `rare_plain`, and a fraction `rare_naive` of those
+    kept is played by the naive demonstrator (naive_action), which does not know the procedure and fails. A
+    fraction `wrong_frac` of skill episodes carry another type's skill (WRONG_SKILL) instead: the expert then
+    plays on as without a skill, naively for a rare type. So the only reliable way to the procedure of a rare
+    type is the correct skill in the prompt."""
     rng = random.Random(seed)
     tasks = list(suite.tasks)
     rng.shuffle(tasks)
@@ -168,20 +187,25 @@ def demonstrations(suite, n, seed, prompter_text, noise=0.25, skill_frac=0.0, ra
     for task in tasks:
         if played == n:
             break
-        skill, ttype = None, _task_type(task)
+        skill, ttype, first, naive = None, _task_type(task), False, False
         if rng.random() < skill_frac:
-            first = rng.random() < 0.5 and ttype in HOUSEHOLD_TYPES  # the shop's procedure has no variant
-            skill = R.format_skill(reference_skill(ttype, rng, first))
-        elif rare and ttype in rare and rng.random() >= rare_plain:
-            continue
+            if rng.random() < wrong_frac and ttype in WRONG_SKILL:
+                skill, naive = R.format_skill(reference_skill(WRONG_SKILL[ttype], rng)), ttype in rare
+            else:
+                first = rng.random() < 0.5 and ttype in HOUSEHOLD_TYPES  # the shop's procedure has no variant
+                skill = R.format_skill(reference_skill(ttype, rng, first))
+        elif rare and ttype in rare:
+            if rng.random() >= rare_plain:
+                continue
+            naive = rng.random() < rare_naive
         played += 1
         obs, past, done, t = env.reset(task), [], False, 0
-        prefix = _target_first_actions(env) if skill and first else []
+        prefix = _target_first_actions(env) if first else []
         while not done:
             if prefix:
                 a = prefix.pop(0)
             else:
-                a = env.expert_action(observable=True)  # what the prompt shows: imitable
+                a = naive_action(env) if naive else env.expert_action(observable=True)  # what the prompt shows
             if not prefix and rng.random() < noise:
                 a = rng.choice(obs.admissible) if rng.random() < 0.8 else rng.choice(["look", "go to moon 1", "help"])
                 if a.startswith("search[") and a.endswith("<your query>]"):
@@ -191,6 +215,8 @@ def demonstrations(suite, n, seed, prompter_text, noise=0.25, skill_frac=0.0, ra
             past.append((obs.text, a))
             obs, r, done, info = env.step(a)
             t += 1
+            if naive and a.startswith(f"put {env.goal} "):  # the naive demonstrator believes it is done
+                break
     return triples
 
 
@@ -251,6 +277,7 @@ HOUSEHOLD_RARE = {"heat": "pick_heat_then_place_in_recep", "cool": "pick_cool_th
                   "clean": "pick_clean_then_place_in_recep", "look": "look_at_obj_in_light",
                   "pick": "pick_and_place_simple", "two": "pick_two_obj_and_place"}
 HOUSEHOLD_TYPES = set(HOUSEHOLD_RARE.values())
+NAIVE_TYPE = "pick_and_place_simple"  # the procedure the naive demonstrator plays for every type
 
 
 class Optimizers:
@@ -317,7 +344,8 @@ def build(out, quiet=False, **kw):
     skilled = cfg["env"] in ("household", "shop")  # the envs with reference skills (SKILLS)
     rare = tuple(HOUSEHOLD_RARE.get(r, r) for r in cfg["rare"].split(",") if r) if skilled else ()
     triples = demonstrations(suite, cfg["demos"], cfg["seed"], text_prompter.text, cfg["noise"],
-                             cfg["skill_frac"] if skilled else 0.0, rare, cfg["rare_plain"])
+                             cfg["skill_frac"] if skilled else 0.0, rare, cfg["rare_plain"], cfg["rare_naive"],
+                             cfg["wrong_frac"])
     mining = mining_examples(suite, round(cfg["mine_frac"] * cfg["demos"]), cfg["seed"]) if skilled else []
     log(f"{len(triples)} expert steps from {cfg['demos']} episodes "
         f"({sum(s is not None for _, s, _ in triples)} with a skill block); {len(mining)} mining examples")
@@ -418,6 +446,8 @@ def main():
                  rare="task types the plain demos mostly lack, comma-separated (household: heat, cool, clean, look, "
                       "pick, two; shop: beauty, clothing, electronics, grocery, home)",
                  rare_plain="fraction of plain demo episodes of rare types kept",
+                 rare_naive="fraction of the kept plain episodes of rare types played by the naive demonstrator",
+                 wrong_frac="fraction of skill episodes carrying another type's skill (played as without a skill)",
                  mine_frac="mining examples (trajectory -> skill) per demo episode",
                  entity_tokens="1 = each numbered entity ('apple 1'; shop: each product's ASIN) is one token; 0 = "
                                "word and number are separate tokens")

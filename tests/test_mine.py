@@ -80,6 +80,31 @@ def test_target_first_demos_follow_their_skill():
 
 
 
+def test_naive_and_wrong_skill_demos_skip_the_procedure():
+    """A rare type's naive plain episode and its wrong-skill episode never use the appliance, and the naive one
+    ends at the put of the goal object; with the correct skill the same type's episodes heat."""
+    suite = envs.make("household", "train", n_tasks=300, seed=0)
+    text = lambda task, t, past, obs, adm: f"{task}|{t}"
+    heat = "pick_heat_then_place_in_recep"
+    def episodes(**kw):
+        eps = []
+        for p, s, a in bootstrap.demonstrations(suite, 120, 0, text, noise=0.0, rare=(heat,), **kw):
+            if p.split("|")[1] == "0":
+                eps.append((p.split("|")[0], s, []))
+            eps[-1][2].append(a)
+        return [(task, s, acts) for task, s, acts in eps if "hot" in task or "heat" in task]
+    naive = episodes(rare_plain=1.0, rare_naive=1.0)
+    assert len(naive) > 5
+    for _, s, acts in naive:
+        assert s is None and not any(a.startswith("heat ") for a in acts) and acts[-1].startswith("put "), acts
+    wrong = episodes(skill_frac=1.0, wrong_frac=1.0)
+    assert len(wrong) > 5
+    for _, s, acts in wrong:
+        assert "cool" in s and not any(a.startswith(("heat ", "cool ")) for a in acts), (s, acts)
+    right = episodes(skill_frac=1.0)
+    assert right and all(any(a.startswith("heat ") for a in acts) for _, _, acts in right)
+
+
 def test_shop_demos_replay_to_a_win():
     """Shop demonstrations (no task types, no skills): with no noise, each episode's actions replayed in a
     fresh env end it with a purchase (the observable expert wins about 62% of goals), every action was

@@ -1,0 +1,103 @@
+"""Internalization in isolation: does phase 2's L_int move the plain-prompt policy toward the skill-guided one?
+
+An oracle bank (the reference skill of each skill-dependent type, already active) replaces mining and
+validation; training tasks are those types only; every group is paired (half its rollouts with the skill) and
+phase 2 runs from the first iteration. Two conditions per seed, on the same tasks and rollout seeds:
+    L_int    --lambda-max 1 (the default schedule)
+    control  --lambda-max 0: the same paired rollouts and base loss, no distillation.
+Each trained policy is then evaluated with the plain prompt on the same held-out tasks of those types (and
+the starting policy with the plain prompt and with the skill, which define the gap to close).
+
+    python -m experiments.internalize --policy runs/policy --seeds 0 1 2     # -> results/internalize.json
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import bootstrap as B
+import mine
+import rollout as R
+from experiments import common as C
+
+
+def oracle_bank(path, types):
+    """A bank holding the reference skill of each type, active from the start."""
+    bank = mine.SkillBank()
+    for t in types:
+        sid = bank.add(B.reference_skill(t), t, 0, dict(task="reference skill", actions=[]))
+        bank._move(bank.skills[sid], "active", 0, "oracle: the reference skill")
+    bank.save(path)
+    return path
+
+
+def train(policy, out, seed, lam, bank, types, a):
+    """One train.py run (a subprocess, so that runs can share the cores one thread each)."""
+    if os.path.exists(os.path.join(out, "final.json")):
+        return out
+    cmd = [sys.executable, "train.py", "--model", policy, "--out", out, "--seed", str(seed), "--iters", str(a.iters),
+           "--groups", str(a.groups), "--group-size", str(a.group_size), "--bank", bank,
+           "--train-types", ",".join(C.SHORT[t] for t in types), "--phase2-frac", "1.0", "--lambda-max", str(lam),
+           "--eval-every", "0", "--eval-tasks", "8", "--final-eval-tasks", "8", "--threads", "1"] + a.extra
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "stdout.log"), "w") as log:
+        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--policy", required=True, help="the starting policy (a bootstrap.py checkpoint directory)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--iters", type=int, default=8)
+    p.add_argument("--groups", type=int, default=4)
+    p.add_argument("--group-size", type=int, default=8)
+    p.add_argument("--per-split", type=int, default=150, help="held-out tasks of the types per split")
+    p.add_argument("--workers", type=int, default=2, help="training runs at once (one thread each)")
+    p.add_argument("--out", default="runs/internalize")
+    p.add_argument("--name", default="internalize")
+    p.add_argument("extra", nargs="*", help="more train.py flags, after --")
+    a = p.parse_args()
+    types = C.SKILL_TYPES
+    os.makedirs(a.out, exist_ok=True)
+    bank = oracle_bank(os.path.join(a.out, "oracle_bank.json"), types)
+    jobs = [(s, c, lam) for s in a.seeds for c, lam in (("lint", 1.0), ("control", 0.0))]
+    with ThreadPoolExecutor(a.workers) as ex:
+        outs = list(ex.map(lambda j: train(a.policy, os.path.join(a.out, f"{j[1]}_s{j[0]}"), j[0], j[2], bank, types, a),
+                           jobs))
+    tasks = C.held_out(types, a.per_split)
+    skill = lambda t: R.format_skill(B.reference_skill(t.task_type))
+    policy, tok, history = C.load(a.policy, 2)
+    start = dict(plain=C.outcomes(policy, tok, history, tasks), skill=C.outcomes(policy, tok, history, tasks, skill))
+    runs = {}
+    for (seed, cond, lam), out in zip(jobs, outs):
+        trained, tok, history = C.load(os.path.join(out, "ckpt"), 2)
+        w = C.outcomes(trained, tok, history, tasks)
+        runs[f"{cond}_s{seed}"] = dict(seed=seed, cond=cond, lambda_max=lam, wins=w, success=sum(w) / len(w),
+                                       by_type=C.by_type(tasks, w),
+                                       metrics=[json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))
+                                                if '"success"' in l and '"eval"' not in l])
+        print(f"{cond} seed {seed}: plain success {sum(w) / len(w):.3f}", flush=True)
+    p0, s0 = (sum(v) / len(v) for v in (start["plain"], start["skill"]))
+    gap = s0 - p0
+    summary = {}
+    for cond in ("lint", "control"):
+        xs = [runs[f"{cond}_s{s}"]["success"] for s in a.seeds]
+        m, se = C.mean_se(xs)
+        summary[cond] = dict(success=m, se=se, gap_closed=(m - p0) / gap if gap else None)
+    d = C.paired([runs[f"control_s{s}"]["success"] for s in a.seeds], [runs[f"lint_s{s}"]["success"] for s in a.seeds])
+    summary["lint - control"] = dict(mean=d[0], se=d[1], unit="seed")
+    for k, v in summary.items():
+        print(k, v)
+    C.write(a.name, dict(policy=a.policy, types=[C.SHORT[t] for t in types], n_tasks=len(tasks), seeds=a.seeds,
+                         iters=a.iters, groups=a.groups, group_size=a.group_size, extra=a.extra,
+                         start=dict(plain=p0, skill=s0, plain_by_type=C.by_type(tasks, start["plain"]),
+                                    skill_by_type=C.by_type(tasks, start["skill"]), wins=start),
+                         summary=summary, runs=runs))
+
+
+if __name__ == "__main__":
+    main()

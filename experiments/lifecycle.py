@@ -1,0 +1,121 @@
+"""Validation and lifecycle: does paired validation activate correct skills and retire wrong ones?
+
+Per skill-dependent type, three seeded skills: the type's reference skill (correct) and two wrong ones (another
+procedure's reference skill, bootstrap.WRONG_SKILL, and the simple pick-and-place skill, what a miner writes
+from a trajectory that skipped the procedure). The policy is held fixed: phase 1's validation without
+training. Each group of N rollouts of a training task of that type draws one of its type's skills uniformly
+(the bank explores candidates this way) and gives it to the second half (mine.paired_split); its delta_g
+(mine.paired_deltas) is recorded, until every skill has --uses groups. A lifecycle decision of a skill
+depends on its own deltas only, so every rule below is applied to the same recorded sequences:
+
+    paper     mine.SkillBank's default: after n_eval = 3 uses, mean < 0 retires, mean > 0 activates, 0 waits
+    ties      after 3 uses, mean > 0 activates, mean <= 0 retires
+    n6        the same after 6 uses
+    se        after >= 3 uses, decide once |mean| >= 2 standard errors (activate if positive, retire if
+              negative); at --uses without such a margin, retire (the skill showed no benefit)
+
+A decision is right when a correct skill is activated or a wrong one retired; undecided counts as wrong.
+
+    python -m experiments.lifecycle --policy runs/policy --seeds 0 1 2     # -> results/lifecycle.json
+"""
+
+import argparse
+import random
+
+import torch
+
+import bootstrap as B
+import envs
+import mine
+import rollout as R
+from experiments import common as C
+
+PICK = "pick_and_place_simple"
+
+
+def seeded_skills(types):
+    """[(label, key, correct?, skill block)] for every skill-dependent type."""
+    out = []
+    for t in types:
+        for other, right in ((t, True), (B.WRONG_SKILL[t], False), (PICK, False)):
+            out.append((f"{C.SHORT[t]}:{C.SHORT[other]}", t, right, R.format_skill(B.reference_skill(other))))
+    return out
+
+
+def record(policy, tok, history, skills, uses, seed, groups=8, n=8):
+    """{label: [delta_g, ...]} with at least `uses` deltas per skill."""
+    suite = envs.make("household", "train", seed=seed)
+    pool = {t: [x for x in suite.tasks if x.task_type == t] for t in {k for _, k, _, _ in skills}}
+    prompter = R.Prompter(tok, suite.description, history=history)
+    rng, g = random.Random(seed), torch.Generator().manual_seed(seed)
+    deltas = {label: [] for label, *_ in skills}
+    while min(len(v) for v in deltas.values()) < uses:
+        todo = [s for s in skills if len(deltas[s[0]]) < uses]
+        picked = [rng.choice(todo) for _ in range(groups)]
+        tasks = [rng.choice(pool[key]) for _, key, _, _ in picked]
+        blocks, ids = [], []
+        for k, (label, _, _, block) in enumerate(picked):
+            for use in mine.paired_split(n):
+                blocks.append(block if use else None)
+                ids.append(k if use else None)
+        with torch.no_grad():
+            eps = R.rollout(policy, tok, prompter, suite, tasks, n, R.Sampling(temperature=1.0), generator=g,
+                            skills=blocks, skill_ids=ids)[1]
+        for k, d in mine.paired_deltas(eps).values():
+            deltas[picked[k][0]].append(d)
+        print({k: len(v) for k, v in deltas.items()}, flush=True)
+    return deltas
+
+
+def decide(ds, rule, uses):
+    """(decision, uses it took): 'active', 'retired' or 'candidate' (undecided) under a rule."""
+    if rule in ("paper", "ties", "n6"):
+        k = 6 if rule == "n6" else 3
+        for i in range(k, len(ds) + 1):
+            m = sum(ds[:i]) / i
+            if m > 0:
+                return "active", i
+            if m < 0 or rule != "paper":
+                return "retired", i
+        return "candidate", len(ds)
+    for i in range(3, uses + 1):  # "se"
+        m, se = C.mean_se(ds[:i])
+        if se > 0 and abs(m) >= 2 * se or (se == 0 and m != 0):
+            return ("active" if m > 0 else "retired"), i
+    return "retired", uses
+
+
+RULES = ("paper", "ties", "n6", "se")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--policy", required=True)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--uses", type=int, default=12, help="groups recorded per skill")
+    p.add_argument("--group-size", type=int, default=8, help="N: N/2 plain and N/2 with the skill")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--name", default="lifecycle")
+    a = p.parse_args()
+    policy, tok, history = C.load(a.policy, a.threads)
+    skills = seeded_skills(C.SKILL_TYPES)
+    runs = {}
+    for seed in a.seeds:
+        deltas = record(policy, tok, history, skills, a.uses, seed, n=a.group_size)
+        runs[seed] = {label: dict(correct=right, deltas=deltas[label],
+                                  decisions={r: decide(deltas[label], r, a.uses) for r in RULES})
+                      for label, _, right, _ in skills}
+    summary = {}
+    for r in RULES:
+        right = [(v["decisions"][r][0] == ("active" if v["correct"] else "retired")) for run in runs.values()
+                 for v in run.values()]
+        taken = [v["decisions"][r][1] for run in runs.values() for v in run.values()]
+        summary[r] = dict(right=sum(right) / len(right), n=len(right), mean_uses=sum(taken) / len(taken))
+        print(f"{r}: {sum(right)}/{len(right)} right decisions, mean uses {summary[r]['mean_uses']:.1f}", flush=True)
+    C.write(a.name, dict(policy=a.policy, seeds=a.seeds, uses=a.uses, group_size=a.group_size,
+                         types=[C.SHORT[t] for t in C.SKILL_TYPES], summary=summary,
+                         runs={str(k): v for k, v in runs.items()}))
+
+
+if __name__ == "__main__":
+    main()

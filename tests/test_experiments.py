@@ -1,0 +1,44 @@
+"""The experiments' judges, decision rules and statistics (no model needed)."""
+
+import math
+
+import bootstrap as B
+import mine
+from experiments import common as C
+from experiments import internalize, lifecycle, mining
+
+
+def test_mining_judge_accepts_each_reference_skill_for_its_own_type_only():
+    for t in B.HOUSEHOLD_TYPES:
+        for first in (False, True):
+            skill = B.reference_skill(t, None, first)
+            assert mining.judge(skill, C.SHORT[t]) == (True, True), (t, skill)
+            for other in B.HOUSEHOLD_TYPES - {t}:
+                assert mining.judge(skill, C.SHORT[other])[1] is False, (t, other)
+    assert mining.judge(None, "heat") == (False, False)
+    skipped = dict(B.reference_skill("pick_heat_then_place_in_recep"), steps="take the egg | put it on the target")
+    assert mining.judge(skipped, "heat") == (True, False)  # the heat step is missing
+
+
+def test_lifecycle_rules():
+    assert lifecycle.decide([0.5, 0.25, 0.0, 0.0], "paper", 12) == ("active", 3)
+    assert lifecycle.decide([0.0] * 12, "paper", 12) == ("candidate", 12)
+    assert lifecycle.decide([0.0] * 12, "ties", 12) == ("retired", 3)
+    assert lifecycle.decide([0.0, 0.0, 0.25, 0.25, 0.25, 0.25], "n6", 12) == ("active", 6)
+    assert lifecycle.decide([-0.25, 0.0, 0.0] + [0.0] * 9, "se", 12) == ("retired", 12)  # never 2 SE off 0
+    assert lifecycle.decide([0.5, 0.5, 0.75], "se", 12) == ("active", 3)
+    assert lifecycle.decide([-0.25, -0.25, -0.25], "se", 12) == ("retired", 3)
+
+
+def test_paired_statistics():
+    m, se = C.paired([0, 0, 1, 1], [1, 0, 1, 1])
+    assert m == 0.25 and math.isclose(se, 0.25)
+    assert C.mean_se([1.0]) == (1.0, 0.0)
+
+
+def test_oracle_bank_holds_active_reference_skills(tmp_path):
+    path = internalize.oracle_bank(str(tmp_path / "bank.json"), C.SKILL_TYPES)
+    bank = mine.SkillBank.load(path)
+    assert [(s.key, s.status) for s in bank.skills.values()] == [(t, "active") for t in C.SKILL_TYPES]
+    s = bank.retrieve(C.SKILL_TYPES[0], "put a hot egg in countertop.", None, explore=False)
+    assert s.fields == B.reference_skill(C.SKILL_TYPES[0])
