@@ -28,9 +28,10 @@ Contract
 Departures from the previous engine (numbers unchanged on CPU)
 1. On CUDA the inverse-CDF sampler accumulates the CDF in float32 (float64 on CPU): over a 150k vocabulary
    the CDF's rounding is ~1e-7 absolute, so tokens with probability below that are mis-weighted by as much.
-2. CUDA graphs are off under autocast (autocast's weight-cast cache does not survive capture) and are
-   recaptured when any parameter's storage moves (e.g. FSDP2's unshard); the parameters are read in place,
-   so optimizer steps between calls need nothing.
+2. CUDA graphs are off under autocast (autocast's weight-cast cache does not survive capture) and under
+   FSDP2 (its hooks and re-gathered weights around every forward: static steps run eagerly there), and are
+   recaptured when any parameter's storage moves or an adapter is switched; the parameters are read in
+   place, so optimizer steps between calls need nothing.
 
 `python -m pytest tests/test_model.py` (exactness), `python bench.py` (CPU speed), `python gpu_check.py`.
 """
@@ -39,6 +40,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from torch.distributed.fsdp import FSDPModule
 
 import model as M
 
@@ -217,7 +219,8 @@ def generate(model, prompts, max_new_tokens, temperature=1.0, top_k=0, top_p=1.0
                          f"max_position_embeddings={cfg.max_position_embeddings}")
     backend = M.resolve_backend(inner.attn_backend, w)
     static = dev.type == "cuda" if static is None else static
-    graphs = static and CUDA_GRAPHS and dev.type == "cuda" and not torch.is_autocast_enabled("cuda")
+    graphs = static and CUDA_GRAPHS and dev.type == "cuda" and not torch.is_autocast_enabled("cuda") \
+        and not isinstance(inner, FSDPModule)
     b = bucket(B, static)
     eng = _engine(inner, b, max(lens) + R, backend, static, graphs)
     t0 = time.perf_counter()
