@@ -170,7 +170,9 @@ class _KeepArgv:
 # library's global state holds the current game), and a copy cannot be unloaded safely: dlclose, then loading a
 # new copy, segfaults after a few rounds. rollout.py makes fresh envs every iteration, so envs hand their engine
 # back here when closed or collected and the next Env reuses it: a process holds as many engines as it ever had
-# envs alive at once (e.g. G x N), about 33 MB of mapped library each.
+# envs alive at once (e.g. G x N), plus one, about 33 MB of mapped library each. The one: textworld's text grammar
+# parser (a module-level tatsu parser) keeps its last parse's furthest failure, whose traceback holds the stack
+# that called it, so the env that stepped last outlives `del` until another env parses.
 _FREE = []  # (wrapped PddlEnv, game file it holds)
 
 
