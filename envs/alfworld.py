@@ -32,8 +32,11 @@ import sets it; "" forces generated games), as `alfworld-download` lays
 it out: <data>/json_2.1.1/{train, valid_seen, valid_unseen}/<task dir>/<trial>/{traj_data.json, game.tw-pddl}.
 train -> train, eval_seen -> valid_seen, eval_unseen -> valid_unseen. Tasks are the solvable games, sorted by
 path, the first n (n=None, or n past the end: all; ALFWorld's 3553 / 140 / 134). Trials whose path holds
-"movable" or "Sliced" are skipped, as AlfredTWEnv skips them. A missing data dir, a missing split folder, or a
-trial lacking game.tw-pddl or traj_data.json is an error naming what was looked for and where.
+"movable" or "Sliced" are skipped, as AlfredTWEnv skips them. Data errors are raised by make(), one line each: a
+missing data dir or split folder, or a trial lacking game.tw-pddl or traj_data.json (FileNotFoundError naming
+what was looked for and where); a game file that is not valid JSON, not an object, or lacks its field (the game's
+'grammar', the trajectory's 'task_type', one of the six) (ValueError naming the file); a games root for
+generated games that is a file or not writable (ValueError).
 
 Without official data, games are generated (alfworld_gen: same files, same layout, same engine) into
 `games` (default runs/alfworld_games/gen-v1/json_2.1.1/...): task i of a split is a function of
@@ -119,13 +122,42 @@ def make_tasks(split, n, seed=0, data=None, games=None):
     if data:
         return official_tasks(data, split, n)
     root = games or DEFAULT_GAMES
+    _check_games_root(root)
     games = [gen.plan(seed, split, i) for i in range(DEFAULT_N_TASKS[split] if n is None else n)]
     return [AlfworldTask(os.path.join(root, g.relpath()), g.task_type, g.text, (seed, split, g.i)) for g in games]
+
+
+def _check_games_root(root):
+    """Generated games are written under `root` on first reset: fail now if they cannot be."""
+    up = os.path.abspath(root)
+    while not os.path.exists(up):
+        up = os.path.dirname(up)
+    if not os.path.isdir(up):
+        raise ValueError(f"{up}: not a directory, so generated ALFWorld games cannot be written under {root}")
+    if not os.access(up, os.W_OK | os.X_OK):
+        raise ValueError(f"{up}: not writable, so generated ALFWorld games cannot be written under {root}")
+
+
+def _json(path, what, key):
+    """A game's JSON file, checked to be an object holding `key` (one-line ValueError naming the file otherwise)."""
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); expected {what}") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read ({e.strerror or e}); expected {what}") from None
+    if not isinstance(obj, dict) or key not in obj:
+        found = f"an object without {key!r}" if isinstance(obj, dict) else f"a JSON {type(obj).__name__}"
+        raise ValueError(f"{path}: expected {what}, found {found}")
+    return obj
 
 
 def official_tasks(data, split, n=None):
     data = os.path.expanduser(data)
     root = os.path.join(data, "json_2.1.1", gen.SPLIT_DIRS[split])
+    if os.path.exists(data) and not os.path.isdir(data):
+        raise FileNotFoundError(f"ALFWorld data dir {data} is not a directory; {HINT}")
     if not os.path.isdir(data):
         raise FileNotFoundError(f"ALFWorld data dir {data} does not exist; {HINT}")
     if not os.path.isdir(root):
@@ -142,12 +174,14 @@ def official_tasks(data, split, n=None):
             if not os.path.isfile(p):
                 raise FileNotFoundError(f"ALFWorld game {d} lacks {os.path.basename(p)} (looked for {p}); "
                                         f"the download is incomplete: {HINT}")
-        with open(paths[1]) as f:
-            game = json.load(f)
+        game = _json(paths[1], "a TextWorld game object with 'grammar'", "grammar")
         if not game.get("solvable"):  # as AlfredTWEnv: only games alfworld-generate could solve
             continue
-        with open(paths[0]) as f:
-            task_type = json.load(f)["task_type"]
+        task_type = _json(paths[0], "ALFRED's trajectory object with 'task_type'", "task_type")["task_type"]
+        if not isinstance(game["grammar"], str):
+            raise ValueError(f"{paths[1]}: expected 'grammar' to be a string, found a JSON {type(game['grammar']).__name__}")
+        if task_type not in gen.TASK_TYPES:
+            raise ValueError(f"{paths[0]}: expected 'task_type' to be one of ALFWorld's six, found {task_type!r}")
         m = re.search(re.escape(TASK_MARK) + r'(.*?)"', game["grammar"])  # the task text alfworld-generate filled in
         tasks.append(AlfworldTask(paths[1], task_type, m.group(1) if m else ""))
     return tasks
