@@ -45,7 +45,7 @@ from torch.distributed.fsdp import FSDPModule
 import model as M
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)  # static mode's batch sizes
-S_BLOCK = 256  # static mode: attention spans a multiple of this many cache slots
+S_BLOCK = 128  # static mode: attention spans a multiple of this many cache slots (one graph per span)
 SYNC_EVERY = 8  # static mode: decode steps between host checks for finished rows
 CUDA_GRAPHS = True  # False: static mode runs its steps eagerly on CUDA too (to compare against the graphs)
 
