@@ -102,7 +102,7 @@ Departures from WebShop
    words split at every non-alphanumeric ("men's" -> men, s dropped; "t-shirt" -> t
    dropped, shirt). So title_score (shared nouns / the goal title's nouns) changes for
    many (goal, product) pairs, r_type only where that crosses 0, 0.1 or 0.2; the goal's
-   own product still scores 1.0.
+   own product keeps title_score 1 (0.2 if its title has no nouns) either way.
 4. Option values have whitespace runs collapsed on the pages, in click[...] and in the
    synthetic instruction text (so `click[...]` can name them); the reward reads them back
    as stored (`reward`'s raw_values). Human goals' bare option values also get their type
@@ -113,7 +113,7 @@ Departures from WebShop
 6. A null full_description or small_description scores as empty text in the attribute
    fallback; goal.py raises there (None.lower(), " ".join([None])) when the fallback
    reaches it. Unicode classes (thefuzz's \W, repr's escapes) follow the running Python's
-   Unicode database, not WebShop's Python 3.8: they differ only for characters assigned
+   Unicode database, not WebShop's Python 3.8.13: they differ only for characters assigned
    since then.
 """
 
