@@ -99,7 +99,7 @@ def parser(doc=None, algo="siri", full=False):
              "policy's prompts near 500 tokens)")
     add(g, "--think", action="store_true", help="ask for <think>...</think> before the action (real LLMs)")
     add(g, "--temperature", type=float, default=1.0, help="rollout sampling temperature")
-    add(g, "--max-new-tokens", type=int, default=None, help="response cap (default 32 action-only, 512 with --think)")
+    add(g, "--max-new-tokens", type=int, default=None, help="response cap in tokens (default: 32; with --think 512)")
     add(g, "--webshop-data", default=os.environ.get("WEBSHOP_DATA", ""),
         help="shop: WebShop's data dir (items_shuffle_1000.json, items_ins_v2_1000.json; "
              "envs/webshop_data.py); default $WEBSHOP_DATA; '' = the generated catalog")
