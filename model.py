@@ -154,11 +154,6 @@ class KVCache:
             kv = [x.transpose(2, 3) for x in kv]
         return cls(*kv, torch.zeros(batch, device=device, dtype=torch.int32), heads_first)
 
-    def keep(self, rows):
-        """Drop finished rows (one copy, layout kept; generation calls it when half the rows are done)."""
-        t = (lambda x: x.transpose(2, 3)[:, rows].transpose(2, 3)) if self.heads_first else (lambda x: x[:, rows])
-        self.k, self.v, self.seqlens = t(self.k), t(self.v), self.seqlens[rows]
-
 
 @dataclass
 class AttnContext:
@@ -434,6 +429,17 @@ def adapters_off(model):
     finally:
         for m in mods:
             m.lora_enabled = True
+
+
+class AdaptersOff:
+    """The base model of a LoRA model, for score() (the KL reference): calls run with every adapter skipped."""
+
+    def __init__(self, model):
+        self.module = model  # score() and generate() look through `.module`, as for DDP
+
+    def __call__(self, *args, **kw):
+        with adapters_off(self.module):
+            return self.module(*args, **kw)
 
 
 def merged_state(model, state=None):

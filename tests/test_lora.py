@@ -40,7 +40,8 @@ def test_adapters_start_as_the_base_model_and_only_they_train(tmp_path):
 
 
 def test_adapters_off_is_the_base_model(tmp_path):
-    """Inside adapters_off the adapted model's logits equal the base checkpoint's exactly; outside they differ."""
+    """Inside adapters_off the adapted model's logits equal the base checkpoint's exactly; outside they differ;
+    score() through AdaptersOff (the KL reference without a second copy) gives the base model's log-probs."""
     m = adapted(tmp_path)
     base = M.load(str(tmp_path / "base"), attn_backend="sdpa")
     s = prompts(1)[0]
@@ -51,6 +52,8 @@ def test_adapters_off_is_the_base_model(tmp_path):
         assert torch.equal(off, full_logits(base, [s])[0])
         assert (on - off).abs().max() > 1e-3
         assert torch.equal(full_logits(m, [s])[0], on)  # switched back on after the block
+        ps, rs = prompts(3, seed=8), prompts(3, lo=2, hi=6, seed=9)  # AdaptersOff: the reference for score()
+        assert torch.equal(M.score(M.AdaptersOff(m), ps, rs)[0], M.score(base, ps, rs)[0])
 
 
 def test_merged_checkpoint_gives_the_adapted_logits(tmp_path):
