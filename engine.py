@@ -153,13 +153,13 @@ def _engine(model, rows, slots, backend, static, graphs):
     enough (graphs dropped if the parameters moved), else a new one (kept; slots rounded up to S_BLOCK)."""
     if not static:
         return Engine(model, rows, slots, backend, graphs=False)
-    eng = getattr(model, "_engine", None)
+    eng, w = getattr(model, "_engine", None), model.model.embed_tokens.weight
     if eng is None or eng.rows < rows or eng.slots < slots or eng.backend != backend or eng.use_graphs != graphs \
-            or eng.cache.k.dtype != model.model.embed_tokens.weight.dtype:
-        model._engine = None  # free the old cache before allocating the new one
+            or (eng.cache.k.dtype, eng.cache.k.device) != (w.dtype, w.device):
+        rows, slots = max(rows, eng.rows if eng else 0), max(slots, eng.slots if eng else 0)
+        eng = model._engine = None  # free the old cache before allocating the new one
         slots = min(-(-slots // S_BLOCK) * S_BLOCK, model.config.max_position_embeddings)
-        eng = model._engine = Engine(model, max(rows, eng.rows if eng else 0), max(slots, eng.slots if eng else 0),
-                                     backend, graphs)
+        eng = model._engine = Engine(model, rows, slots, backend, graphs)
     sig = _signature(model) if graphs else None
     if sig != eng.signature:
         eng.graphs, eng.pool, eng.signature = {}, None, sig
