@@ -14,7 +14,7 @@ instruct pre-training a real LLM brings:
    (prompt, "<action>a</action>") pair, the prompt built by rollout.Prompter
    exactly as in RL;
 2. skills: 40% of episodes carry a correct skill block (a skill's three
-   fields, phrasings drawn at random); household: half of those use a
+   fields, phrasings drawn at random, from the env's SKILLS); household: half of those use a
    target-first variant that the expert then follows, so the block must be
    read to act right. Plain episodes of the rare task types (household: heat,
    cool; shop: the grocery and home categories) are mostly left out: the plain
@@ -33,10 +33,19 @@ instruct pre-training a real LLM brings:
    reach ~0.57 held-out success, 450 steps ~0.30, leaving RL room to learn.
 
 Everything is deterministic in --seed and cached: `build(...)` returns the
-checkpoint directory (model + tokenizer), rebuilt only if the settings change.
+checkpoint directory (model + tokenizer), rebuilt only if the settings or the
+env module's source change.
+
+What is env-specific lives in the env's module (envs/__init__.py's contract):
+its reference skills (SKILLS, keyed by skill key: the task type unless the env
+keys finer), WRONG_SKILL, short type names for --rare, the settings that differ
+from DEFAULTS (BOOTSTRAP), the settings its make_tasks takes, and household's
+target-first variant and naive demonstrator. An env without SKILLS gets a policy
+without skill blocks or mining examples, with a warning: SIRI cannot mine with it.
 
     python bootstrap.py --out runs/policy            # build (or reuse), evaluate on held-out tasks
     python bootstrap.py --out runs/policy --skills   # measure skill following instead
+    python bootstrap.py --env cafe --out runs/cafe_policy --threads 2
 """
 
 import argparse
@@ -47,6 +56,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 
 import torch
 
@@ -54,7 +64,6 @@ import envs
 import mine
 import model as M
 import rollout as R
-from envs.shop import get_catalog
 from rollout import SKILL_MARK, Prompter, chat_ids
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -62,107 +71,60 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 DEFAULTS = dict(env="household", seed=0, demos=600, noise=0.25, vocab=4096, hidden=192, layers=4, heads=4, kv_heads=2,
                 intermediate=512, sft_steps=450, optimizer="muon", batch=16, lr=3e-3, prompt_loss=1.0, history=2, room_size="small", amp=1,
-                skill_frac=0.5, rare="heat,cool", rare_plain=1.0, rare_naive=0.7, wrong_frac=0.25, mine_frac=0.2,
+                skill_frac=0.5, rare="", rare_plain=1.0, rare_naive=0.7, wrong_frac=0.25, mine_frac=0.2,
                 entity_tokens=0)
-# shop: pages are long (one step of history keeps prompts near 450 tokens), products are picked by ASIN, and
-# copying the query and ASINs needs more data and steps (450 steps on 600 demos: 0% success; these: 13% seen).
-# Skills as in the household: the plain demos mostly lack two categories, which skill-guided demos cover.
-ENV_DEFAULTS = {"shop": dict(history=1, entity_tokens=1, demos=1200, sft_steps=1000, noise=0.15, rare="grocery,home",
-                             rare_plain=0.2, rare_naive=0.0, wrong_frac=0.0, skill_frac=0.4)}
+# What each env needs lives in its own module (envs/__init__.py's contract): the settings that differ from
+# DEFAULTS (household: rare heat, cool; shop: history 1, ASIN tokens, more demos and steps), its reference skills,
+# wrong-skill map and short type names. The views below merge them over the registered envs.
+ENV_DEFAULTS = {name: envs.module_attr(name, "BOOTSTRAP") for name in envs.REGISTRY}
+SKILLS = {k: v for name in envs.REGISTRY for k, v in envs.module_attr(name, "SKILLS").items()}
+WRONG_SKILL = {k: v for name in envs.REGISTRY for k, v in envs.module_attr(name, "WRONG_SKILL").items()}
+HOUSEHOLD_RARE = envs.module_attr("household", "TYPE_NAMES")  # short names -> ALFWorld's task types
+HOUSEHOLD_TYPES = set(HOUSEHOLD_RARE.values())
 
 
-# Reference skills (a skill's three fields) per household task type: what a good miner writes. Each field has
-# phrasings to draw from, so that reading a skill is learned as language, not as one fixed string.
-_PROCESS = dict(pick_clean_then_place_in_recep=("clean", "cleaned", "sinkbasin"),
-                pick_heat_then_place_in_recep=("heat", "hot", "microwave"),
-                pick_cool_then_place_in_recep=("cool", "cool", "fridge"))
-SEARCH = "search for the object"
+def settings(**kw):
+    """bootstrap settings: DEFAULTS, then the env's BOOTSTRAP, then kw."""
+    return {**DEFAULTS, **ENV_DEFAULTS.get(kw.get("env") or DEFAULTS["env"], {}), **kw}
 
 
-def _skill_table():
-    t = {"pick_and_place_simple": dict(
-            when=["The task asks you to put an object in or on a receptacle.",
-                  "Use this when one object has to be moved into or onto a receptacle."],
-            strategy=["Search the places that can hold the object, take it, then carry it to the target receptacle.",
-                      "Look for the object one receptacle at a time; once you hold it, go to the target and put it there."],
-            steps=[f"{SEARCH} | take it | go to the target | put it in/on the target"]),
-         "look_at_obj_in_light": dict(
-            when=["The task asks you to look at or examine an object under the desklamp.",
-                  "Use this when an object must be examined in the light of the desklamp."],
-            strategy=["Find and take the object, then go to the receptacle where the desklamp stands and turn it on.",
-                      "Hold the object first; the task is done when you use the desklamp while holding it."],
-            steps=[f"{SEARCH} | take it | go to the desklamp | use the desklamp"]),
-         "pick_two_obj_and_place": dict(
-            when=["The task asks you to put two objects of the same kind in a receptacle.",
-                  "Use this when two objects of one kind must end up in the same receptacle."],
-            strategy=["Move them one at a time: put the first in the target, then search for the second.",
-                      "You can carry one object only, so bring the first to the target before fetching the second."],
-            steps=["find and take the first object | put it in/on the target | find and take the second object | "
-                   "go to the target | put it in/on the target"])}
-    for ttype, (verb, adj, app) in _PROCESS.items():
-        t[ttype] = dict(
-            when=[f"The task asks for a {adj} object to be put in a receptacle.",
-                  f"Use this when an object must be {adj if verb != 'heat' else 'heated'} before it is placed."],
-            strategy=[f"Find and take the object, {verb} it with the {app}, then bring it to the target.",
-                      f"The {app} does the work: carry the object there and {verb} it, then place it."],
-            steps=[f"{SEARCH} | take the object | go to {app} | {verb} the object with {app} | "
-                   "go to the target and put the object in/on it"])
-    for cat, opts in _SHOP_OPTIONS.items():  # shop: one skill per product category (the task type)
-        t[cat] = dict(
-            when=[f"The task asks you to buy a {cat} product with some attributes, options and a price limit.",
-                  f"Use this when shopping for a {cat} item with a required {opts}."],
-            strategy=["Search for the product words of the instruction, open the first result, then click the options "
-                      "it names and buy.",
-                      f"Copy the product phrase into the search, open the top result and click the {opts} the "
-                      "instruction asks for before you buy."],
-            steps=["search the product phrase | click the first result | click each option the instruction names | "
-                   "click buy now"])
-    return t
+def env_options(cfg):
+    """The settings the env's make_tasks takes (its BOOTSTRAP_OPTIONS; household: room_size)."""
+    return {k: cfg[k] for k in envs.module_attr(cfg["env"], "BOOTSTRAP_OPTIONS")}
 
 
-_SHOP_OPTIONS = {"beauty": "size and scent or color", "clothing": "color and size", "electronics": "color, length or style",
-                 "grocery": "flavor and size", "home": "color and size"}
-SKILLS = _skill_table()
-TARGET_FIRST = {"look_at_obj_in_light": ("Turn on the desklamp first.", "go to the desklamp and use it first"),
-                None: ("Open the target first.", "go to the target first and open it")}
+def rare_keys(cfg):
+    """--rare as skill keys: each name a key of the env's SKILLS or one of its TYPE_NAMES (household: heat)."""
+    names, keys = envs.module_attr(cfg["env"], "TYPE_NAMES"), envs.module_attr(cfg["env"], "SKILLS")
+    rare = tuple(names.get(r, r) for r in cfg["rare"].split(",") if r)
+    if bad := [r for r in rare if r not in keys]:
+        raise ValueError(f"--rare {cfg['rare']}: {', '.join(bad)} is not a skill key of env {cfg['env']!r} "
+                         f"(its keys: {', '.join(keys)}; short names: {', '.join(names) or 'none'})")
+    return rare
 
 
-def reference_skill(task_type, rng=None, target_first=False):
-    """A correct skill dict for a household task type (phrasings drawn with rng; first ones without).
-    target_first: the variant whose procedure visits the target (or the desklamp) before searching."""
+def reference_skill(task_type, rng=None, target_first=False, env=None):
+    """A correct skill dict for a skill key (the task type unless the env keys finer): the SKILLS entry of `env`
+    (default: of the first registered env that has the key), phrasings drawn with rng, first ones without.
+    target_first: the env's variant (household: the procedure visits the target or the desklamp first)."""
+    name = env or next(n for n in envs.REGISTRY if task_type in envs.module_attr(n, "SKILLS"))
     pick = (lambda xs: rng.choice(xs)) if rng else (lambda xs: xs[0])
-    s = {k: pick(v) for k, v in SKILLS[task_type].items()}
+    s = {k: pick(v) for k, v in envs.module_attr(name, "SKILLS")[task_type].items()}
     if target_first:
-        strategy, step = TARGET_FIRST.get(task_type, TARGET_FIRST[None])
-        steps = s["steps"].split(" | ")
-        s["strategy"] = strategy + " " + s["strategy"]
-        s["steps"] = " | ".join([step] + steps[:2] + [" and ".join(steps[2:])])
+        variant = getattr(envs.module(name), "skill_variant", None)
+        assert variant, f"env {name!r} has no skill variant (skill_variant)"
+        s = variant(s, task_type)
     return s
 
 
-def _target_first_actions(env):
-    """The opening moves of the target-first variant, from the env's true state."""
-    if env.task_type == "look_at_obj_in_light":
-        r = next(r for r, c in enumerate(env.contents) if env.lamp in c)
-        return [env.goto[r], "use " + env.onames[env.lamp]]
-    r = env.goal_recs[0]
-    return [env.goto[r]] + (["open " + env.rnames[r]] if env.openable[r] else [])
-
-
 def _task_type(task):
-    return getattr(task, "task_type", None) or task.category  # household tasks / shop tasks
+    return task.task_type
 
 
 def naive_action(env):
-    """What a demonstrator that does not know the task type's procedure plays: the expert of the simple
-    pick-and-place task (household: take the object to the target, skipping the heat / cool step)."""
-    if not hasattr(env, "task_type") or env.task_type not in HOUSEHOLD_TYPES:
-        return env.expert_action(observable=True)
-    true_type, env.task_type = env.task_type, NAIVE_TYPE
-    try:
-        return env.expert_action(observable=True)
-    finally:
-        env.task_type = true_type
+    """What a demonstrator that does not know the task type's procedure plays (Env.naive_action; household: the
+    expert of the simple pick-and-place task, skipping the heat / cool step); envs without one: the expert."""
+    return env.naive_action() if hasattr(env, "naive_action") else env.expert_action(observable=True)
 
 
 def demonstrations(suite, n, seed, prompter_text, noise=0.25, skill_frac=0.0, rare=(), rare_plain=1.0,
@@ -170,37 +132,40 @@ def demonstrations(suite, n, seed, prompter_text, noise=0.25, skill_frac=0.0, ra
     """(user message, skill block or None, action) triples from expert episodes on n tasks of a shuffled train split.
 
     With probability `noise` a step plays a random admissible action instead (not a training pair), so the
-    demonstrations also show states off the expert's path, "Nothing happens." included, and the way back.
-    A fraction `skill_frac` of episodes carry a skill block for their task type; half of those use the
-    target-first variant and the expert follows it, so the block must be read to act right.
+    demonstrations also show states off the expert's path, "Nothing happens." included, and the way back: the
+    env's observable expert must replan from any state (envs/__init__.py). A fraction `skill_frac` of episodes
+    carry the reference skill (the env's SKILLS) of their skill key (the task type unless the env keys finer);
+    in an env with a skill variant (household: target-first) half of those use it and the expert follows it
+    (Env.variant_opening), so the block must be read to act right.
 
-    The `rare` task types stand for procedures the policy's pre-training lacks (docs/algorithm.md, "The embedded
+    The `rare` keys stand for procedures the policy's pre-training lacks (docs/algorithm.md, "The embedded
     policy"): their plain episodes are kept with probability `rare_plain`, and a fraction `rare_naive` of those
     kept is played by the naive demonstrator (naive_action), which does not know the procedure and fails. A
-    fraction `wrong_frac` of skill episodes carry another type's skill (WRONG_SKILL) instead: the expert then
-    plays on as without a skill, naively for a rare type. So the only reliable way to the procedure of a rare
-    type is the correct skill in the prompt."""
+    fraction `wrong_frac` of skill episodes carry another key's skill (the env's WRONG_SKILL) instead: the
+    expert then plays on as without a skill, naively for a rare key. So the only reliable way to the procedure
+    of a rare key is the correct skill in the prompt."""
     rng = random.Random(seed)
     tasks = list(suite.tasks)
     rng.shuffle(tasks)
     env, triples, played = suite.new_env(), [], 0
+    wrong, variant = envs.module_attr(suite.name, "WRONG_SKILL"), hasattr(envs.module(suite.name), "skill_variant")
     for task in tasks:
         if played == n:
             break
-        skill, ttype, first, naive = None, _task_type(task), False, False
+        skill, ttype, first, naive = None, envs.skill_key(task), False, False
         if rng.random() < skill_frac:
-            if rng.random() < wrong_frac and ttype in WRONG_SKILL:
-                skill, naive = R.format_skill(reference_skill(WRONG_SKILL[ttype], rng)), ttype in rare
+            if rng.random() < wrong_frac and ttype in wrong:
+                skill, naive = R.format_skill(reference_skill(wrong[ttype], rng, env=suite.name)), ttype in rare
             else:
-                first = rng.random() < 0.5 and ttype in HOUSEHOLD_TYPES  # the shop's procedure has no variant
-                skill = R.format_skill(reference_skill(ttype, rng, first))
+                first = rng.random() < 0.5 and variant  # (the shop's procedure has no variant)
+                skill = R.format_skill(reference_skill(ttype, rng, first, env=suite.name))
         elif rare and ttype in rare:
             if rng.random() >= rare_plain:
                 continue
             naive = rng.random() < rare_naive
         played += 1
         obs, past, done, t = env.reset(task), [], False, 0
-        prefix = _target_first_actions(env) if first else []
+        prefix = env.variant_opening() if first else []
         while not done:
             if prefix:
                 a = prefix.pop(0)
@@ -208,21 +173,23 @@ def demonstrations(suite, n, seed, prompter_text, noise=0.25, skill_frac=0.0, ra
                 a = naive_action(env) if naive else env.expert_action(observable=True)  # what the prompt shows
             if not prefix and rng.random() < noise:
                 a = rng.choice(obs.admissible) if rng.random() < 0.8 else rng.choice(["look", "go to moon 1", "help"])
-                if a.startswith("search[") and a.endswith("<your query>]"):
-                    a = "search[" + " ".join(rng.sample(obs.task.split(), 3)) + "]"
+                if envs.TEMPLATE.search(a):  # an admissible template (shop: search[<your query>]): 3 task words
+                    words = obs.task.split()
+                    fill = " ".join(rng.sample(words, min(3, len(words))))
+                    a = envs.TEMPLATE.sub(lambda m: fill, a, count=1)
             else:
                 triples.append((prompter_text(obs.task, t, past, obs.text, obs.admissible), skill, a))
             past.append((obs.text, a))
             obs, r, done, info = env.step(a)
             t += 1
-            if naive and a.startswith(f"put {env.goal} "):  # the naive demonstrator believes it is done
+            if naive and hasattr(env, "naive_done") and env.naive_done(a):  # it believes the task done
                 break
     return triples
 
 
 def mining_examples(suite, n, seed):
     """(mining prompt, three-line skill) pairs: the noise-free expert's actions on n won train tasks and the
-    reference skill of the task type, so that the policy can write skills from its own successes. (The shop's
+    reference skill of the task's skill key, so that the policy can write skills from its own successes. (The shop's
     observable expert loses some tasks; those are replaced by further draws.)"""
     rng = random.Random(seed + 1)
     tasks = rng.sample(list(suite.tasks), n)
@@ -238,7 +205,7 @@ def mining_examples(suite, n, seed):
             tasks += rng.sample(list(suite.tasks), 1)
             continue
         out.append((mine.mining_prompt(suite.description, text, actions),
-                    mine.skill_text(reference_skill(_task_type(task), rng))))
+                    mine.skill_text(reference_skill(envs.skill_key(task), rng, env=suite.name))))
     return out
 
 
@@ -271,13 +238,6 @@ def train_tokenizer(texts, vocab, path, split=WORD_SPLIT, extra=()):
                                   chat_template=CHAT_TEMPLATE)
     tok.save_pretrained(path)
     return tok
-
-
-HOUSEHOLD_RARE = {"heat": "pick_heat_then_place_in_recep", "cool": "pick_cool_then_place_in_recep",
-                  "clean": "pick_clean_then_place_in_recep", "look": "look_at_obj_in_light",
-                  "pick": "pick_and_place_simple", "two": "pick_two_obj_and_place"}
-HOUSEHOLD_TYPES = set(HOUSEHOLD_RARE.values())
-NAIVE_TYPE = "pick_and_place_simple"  # the procedure the naive demonstrator plays for every type
 
 
 class Optimizers:
@@ -329,20 +289,24 @@ def lm_step(policy, opt, seqs, weights, amp):
 
 def build(out, quiet=False, **kw):
     """Build (or reuse) the embedded policy in `out`; returns the checkpoint directory."""
-    cfg = {**DEFAULTS, **ENV_DEFAULTS.get(kw.get("env", DEFAULTS["env"]), {}), **kw}
-    key = hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+    cfg = settings(**kw)
+    mod = envs.module(cfg["env"])
+    with open(mod.__file__, "rb") as f:  # the env module's source: editing its expert or skills rebuilds
+        key = hashlib.sha1(json.dumps(cfg, sort_keys=True).encode() + f.read()).hexdigest()[:12]
     meta_path = os.path.join(out, "bootstrap.json")
     if os.path.exists(meta_path) and json.load(open(meta_path)).get("key") == key:
         return out
     log = (lambda *a: None) if quiet else (lambda *a: print("[bootstrap]", *a, flush=True))
     t0 = time.time()
     torch.manual_seed(cfg["seed"])
-    env_kw = {"room_size": cfg["room_size"]} if cfg["env"] == "household" else {}
-    suite = envs.make(cfg["env"], "train", seed=cfg["seed"], **env_kw)
+    suite = envs.make(cfg["env"], "train", seed=cfg["seed"], **env_options(cfg))
     text_prompter = Prompter(None, suite.description, history=cfg["history"])
-    household = cfg["env"] == "household"
-    skilled = cfg["env"] in ("household", "shop")  # the envs with reference skills (SKILLS)
-    rare = tuple(HOUSEHOLD_RARE.get(r, r) for r in cfg["rare"].split(",") if r) if skilled else ()
+    skilled = bool(envs.module_attr(cfg["env"], "SKILLS"))  # an env with reference skills
+    if not skilled:
+        warnings.warn(f"env {cfg['env']!r} declares no reference skills (SKILLS in {mod.__name__}): the embedded "
+                      "policy is built without skill blocks and mining examples, so it can neither read nor write "
+                      "skills and SIRI cannot mine with it; use --algo gigpo, or --model / --miner", stacklevel=2)
+    rare = rare_keys(cfg) if skilled else ()
     triples = demonstrations(suite, cfg["demos"], cfg["seed"], text_prompter.text, cfg["noise"],
                              cfg["skill_frac"] if skilled else 0.0, rare, cfg["rare_plain"], cfg["rare_naive"],
                              cfg["wrong_frac"])
@@ -355,9 +319,9 @@ def build(out, quiet=False, **kw):
     os.makedirs(tmp)
     corpus = ([p.replace(SKILL_MARK, s or "") for p, s, _ in triples] + [f"<action>{a}</action>" for _, _, a in triples]
               + [p + "\n" + a for p, a in mining])
-    asins = ([p.asin.lower() for p in get_catalog(suite.tasks[0].catalog).products]
-             if cfg["entity_tokens"] and cfg["env"] == "shop" else [])
-    train_tokenizer(corpus, cfg["vocab"], tmp, ENTITY_SPLIT if cfg["entity_tokens"] and household else WORD_SPLIT, asins)
+    entities = getattr(mod, "entity_tokens", None)  # whole-string tokens (shop: ASINs), else numbered entities
+    split = ENTITY_SPLIT if cfg["entity_tokens"] and not entities else WORD_SPLIT
+    train_tokenizer(corpus, cfg["vocab"], tmp, split, entities(suite.tasks) if cfg["entity_tokens"] and entities else [])
     with open(os.path.join(tmp, "config.json"), "w") as f:  # so AutoTokenizer resolves it as it will later
         json.dump(M.config_dict(ARCH), f)
     from transformers import AutoTokenizer
@@ -410,21 +374,19 @@ def imitation_accuracy(policy, tok, prompter, suite, n_episodes=40, seed=1):
     return sum(hits) / len(hits), {k: round(sum(v) / len(v), 3) for k, v in sorted(by_verb.items())}
 
 
-WRONG_SKILL = {"pick_heat_then_place_in_recep": "pick_cool_then_place_in_recep",
-               "pick_cool_then_place_in_recep": "pick_heat_then_place_in_recep",
-               "pick_clean_then_place_in_recep": "pick_heat_then_place_in_recep",
-               "pick_and_place_simple": "look_at_obj_in_light", "look_at_obj_in_light": "pick_and_place_simple",
-               "pick_two_obj_and_place": "pick_and_place_simple",
-               "beauty": "home", "clothing": "electronics", "electronics": "grocery", "grocery": "clothing",
-               "home": "beauty"}
-
-
 def skill_following(policy, tok, prompter, suite, temperature=0.4, max_steps=0):
     """Success per task type with the plain prompt, a correct skill block (the reference skill of the task's
-    type) and a wrong one (the reference skill of another type, WRONG_SKILL)."""
+    skill key) and a wrong one (the reference skill of another key, the env's WRONG_SKILL; a key without one
+    gets the plain prompt there; no such row for an env without WRONG_SKILL)."""
+    skills, wrong = envs.module_attr(suite.name, "SKILLS"), envs.module_attr(suite.name, "WRONG_SKILL")
+    if not skills:
+        raise ValueError(f"env {suite.name!r} declares no reference skills (SKILLS): nothing to follow")
+    block = lambda key: R.format_skill(reference_skill(key, env=suite.name)) if key in skills else None
     rows = {}
-    for name, fn in (("plain", None), ("correct", lambda t: R.format_skill(reference_skill(_task_type(t)))),
-                     ("wrong", lambda t: R.format_skill(reference_skill(WRONG_SKILL[_task_type(t)])))):
+    for name, fn in (("plain", None), ("correct", lambda t: block(envs.skill_key(t))),
+                     ("wrong", lambda t: block(wrong.get(envs.skill_key(t))))):
+        if name == "wrong" and not wrong:
+            continue
         r = R.evaluate(policy, tok, prompter, suite, temperature=temperature, max_steps=max_steps, skill_of=fn)
         rows[name] = dict(r["by_type"], all=r["success"])
     return rows
@@ -433,7 +395,7 @@ def skill_following(policy, tok, prompter, suite, temperature=0.4, max_steps=0):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/policy", help="checkpoint directory to build (or reuse)")
-    helps = dict(env="built-in environment", seed="seed for demonstrations, tokenizer, init and batches",
+    helps = dict(env="environment (envs.REGISTRY)", seed="seed for demonstrations, tokenizer, init and batches",
                  demos="expert episodes to imitate", noise="probability of a random (untrained) action per demo step",
                  vocab="BPE vocabulary cap", hidden="model width", layers="decoder layers", heads="attention heads",
                  kv_heads="key/value heads (GQA)", intermediate="MLP width", sft_steps="supervised steps",
@@ -443,8 +405,8 @@ def main():
                  history="past (observation, action) pairs in the prompt, as in RL", room_size="household room size",
                  amp="1 = bfloat16 autocast for the supervised steps (CPU AMX / CUDA), 0 = float32",
                  skill_frac="fraction of demo episodes with a correct skill block in the prompt",
-                 rare="task types the plain demos mostly lack, comma-separated (household: heat, cool, clean, look, "
-                      "pick, two; shop: beauty, clothing, electronics, grocery, home)",
+                 rare="skill keys (task types) the plain demos mostly lack, comma-separated: keys of the env's SKILLS "
+                      "or its short names (household: heat, cool, clean, look, pick, two)",
                  rare_plain="fraction of plain demo episodes of rare types kept",
                  rare_naive="fraction of the kept plain episodes of rare types played by the naive demonstrator",
                  wrong_frac="fraction of skill episodes carrying another type's skill (played as without a skill)",
@@ -452,9 +414,10 @@ def main():
                  entity_tokens="1 = each numbered entity ('apple 1'; shop: each product's ASIN) is one token; 0 = "
                                "word and number are separate tokens")
     for k, v in DEFAULTS.items():
-        shop = ENV_DEFAULTS["shop"].get(k)
-        p.add_argument("--" + k.replace("_", "-"), type=type(v), default=None,
-                       help=f"{helps[k]} (default {v}" + (f"; shop {shop})" if shop is not None else ")"))
+        by_env = "".join(f"; {name} {d[k]}" for name, d in ENV_DEFAULTS.items() if k in d)
+        p.add_argument("--" + k.replace("_", "-"), type=type(v), default=None, help=f"{helps[k]} (default {v}{by_env})",
+                       **({"choices": sorted(envs.REGISTRY)} if k == "env" else {}))
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--eval-tasks", type=int, default=200, help="held-out tasks per split to evaluate the policy on")
     p.add_argument("--eval-max-steps", type=int, default=0, help="episode step cap in evaluation (0 = the env's)")
     p.add_argument("--skills", action="store_true",
@@ -462,11 +425,19 @@ def main():
                         "correct skill block and a wrong one; per split and both splits pooled)")
     a = vars(p.parse_args())
     out, n_eval, cap, skills = a.pop("out"), a.pop("eval_tasks"), a.pop("eval_max_steps"), a.pop("skills")
-    a = {**DEFAULTS, **ENV_DEFAULTS.get(a["env"] or DEFAULTS["env"], {}), **{k: v for k, v in a.items() if v is not None}}
+    if threads := a.pop("threads"):
+        torch.set_num_threads(threads)
+    a = settings(**{k: v for k, v in a.items() if v is not None})
+    if skills and not envs.module_attr(a["env"], "SKILLS"):
+        raise SystemExit(f"--skills: env {a['env']!r} declares no reference skills (SKILLS) to follow")
+    try:
+        rare_keys(a)
+    except ValueError as e:
+        raise SystemExit(str(e))
     path = build(out, **a)
     from transformers import AutoTokenizer
     policy, tok = M.load(path), AutoTokenizer.from_pretrained(path)
-    env_kw = {"room_size": a["room_size"]} if a["env"] == "household" else {}
+    env_kw = env_options(a)
     pooled = {}
     for split in ("eval_seen", "eval_unseen"):
         suite = envs.make(a["env"], split, n_tasks=n_eval, seed=a["seed"], **env_kw)

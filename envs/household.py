@@ -92,7 +92,8 @@ from envs import Observation
 MAX_STEPS = 50
 DESCRIPTION = "the ALFRED Embodied Environment"  # GiGPO's ALFWorld prompt phrase (the prompt's <env>)
 DEFAULT_N_TASKS = {"train": 3553, "eval_seen": 140, "eval_unseen": 134}  # ALFWorld's split sizes
-NOTHING = "Nothing happens."
+NOTHING = "Nothing happens."  # the answer to any bad action (envs/__init__.py's contract)
+BOOTSTRAP_OPTIONS = ("room_size",)  # bootstrap.py's --room-size goes to make_tasks
 
 # -----------------------------------------------------------------------------
 # World tables
@@ -514,6 +515,30 @@ class Env:
         return (self.loc, self.held, tuple(map(tuple, self.contents)), tuple(self.opened), self.lamp_on,
                 tuple(self.flags["hot"]), tuple(self.flags["cool"]), tuple(self.flags["clean"]))
 
+    # -- demonstrators of the embedded policy (bootstrap.py) -----------------
+
+    def naive_action(self):
+        """What a demonstrator that does not know the task type's procedure plays: the observable expert of the
+        simple pick-and-place task (takes the object to the target, skipping heat / cool / clean / the lamp)."""
+        true_type, self.task_type = self.task_type, NAIVE_TYPE
+        try:
+            return self.expert_action(observable=True)
+        finally:
+            self.task_type = true_type
+
+    def naive_done(self, action):
+        """The naive demonstrator believes the task done once it has put the goal object somewhere."""
+        return action.startswith(f"put {self.goal} ")
+
+    def variant_opening(self):
+        """The opening moves of the target-first variant (skill_variant), from the true state: to the desklamp
+        and turn it on (look-at), else to the target receptacle and open it."""
+        if self.task_type == LOOK:
+            r = next(r for r, c in enumerate(self.contents) if self.lamp in c)
+            return [self.goto[r], "use " + self.onames[self.lamp]]
+        r = self.goal_recs[0]
+        return [self.goto[r]] + (["open " + self.rnames[r]] if self.openable[r] else [])
+
     # -- scripted expert (privileged: reads the true state) -----------------
 
     def expert_action(self, observable=False):
@@ -579,3 +604,58 @@ class Env:
             return f"put {self.onames[h]} in/on {self.rnames[loc]}"
         fits = [r for r, t in enumerate(self.rtypes) if t in self.ocan[h]]
         return self.goto[min(fits, key=lambda r: (self.openable[r], r))]
+
+
+# -----------------------------------------------------------------------------
+# The embedded policy (bootstrap.py; envs/__init__.py's contract)
+
+# Reference skills (a skill's three fields) per task type: what a good miner writes. Each field has phrasings to
+# draw from, so that reading a skill is learned as language, not as one fixed string.
+SEARCH = "search for the object"
+SKILLS = {
+    PICK: dict(
+        when=["The task asks you to put an object in or on a receptacle.",
+              "Use this when one object has to be moved into or onto a receptacle."],
+        strategy=["Search the places that can hold the object, take it, then carry it to the target receptacle.",
+                  "Look for the object one receptacle at a time; once you hold it, go to the target and put it there."],
+        steps=[f"{SEARCH} | take it | go to the target | put it in/on the target"]),
+    LOOK: dict(
+        when=["The task asks you to look at or examine an object under the desklamp.",
+              "Use this when an object must be examined in the light of the desklamp."],
+        strategy=["Find and take the object, then go to the receptacle where the desklamp stands and turn it on.",
+                  "Hold the object first; the task is done when you use the desklamp while holding it."],
+        steps=[f"{SEARCH} | take it | go to the desklamp | use the desklamp"]),
+    TWO: dict(
+        when=["The task asks you to put two objects of the same kind in a receptacle.",
+              "Use this when two objects of one kind must end up in the same receptacle."],
+        strategy=["Move them one at a time: put the first in the target, then search for the second.",
+                  "You can carry one object only, so bring the first to the target before fetching the second."],
+        steps=["find and take the first object | put it in/on the target | find and take the second object | "
+               "go to the target | put it in/on the target"])}
+for _ttype, (_verb, _adj, _app) in ((CLEAN, ("clean", "cleaned", "sinkbasin")), (HEAT, ("heat", "hot", "microwave")),
+                                    (COOL, ("cool", "cool", "fridge"))):
+    SKILLS[_ttype] = dict(
+        when=[f"The task asks for a {_adj} object to be put in a receptacle.",
+              f"Use this when an object must be {_adj if _verb != 'heat' else 'heated'} before it is placed."],
+        strategy=[f"Find and take the object, {_verb} it with the {_app}, then bring it to the target.",
+                  f"The {_app} does the work: carry the object there and {_verb} it, then place it."],
+        steps=[f"{SEARCH} | take the object | go to {_app} | {_verb} the object with {_app} | "
+               "go to the target and put the object in/on it"])
+WRONG_SKILL = {HEAT: COOL, COOL: HEAT, CLEAN: HEAT, PICK: LOOK, LOOK: PICK, TWO: PICK}  # another type's skill
+TYPE_NAMES = {"heat": HEAT, "cool": COOL, "clean": CLEAN, "look": LOOK, "pick": PICK, "two": TWO}  # for --rare
+# the plain demonstrations mostly lack heat and cool (rare): the plain policy lacks what their skills supply
+BOOTSTRAP = dict(rare="heat,cool")
+NAIVE_TYPE = PICK  # the procedure the naive demonstrator plays for every type (Env.naive_action)
+
+# The target-first variant of a skill (half of the skill demonstrations): a procedure that visits the target (or
+# the desklamp) before searching, which the expert then follows (Env.variant_opening), so the block must be read.
+TARGET_FIRST = {LOOK: ("Turn on the desklamp first.", "go to the desklamp and use it first"),
+                None: ("Open the target first.", "go to the target first and open it")}
+
+
+def skill_variant(skill, task_type):
+    """The target-first variant of a reference skill dict of this task type."""
+    strategy, step = TARGET_FIRST.get(task_type, TARGET_FIRST[None])
+    steps = skill["steps"].split(" | ")
+    return dict(skill, strategy=strategy + " " + skill["strategy"],
+                steps=" | ".join([step] + steps[:2] + [" and ".join(steps[2:])]))

@@ -101,6 +101,8 @@ from functools import lru_cache
 from envs import Observation
 
 MAX_STEPS = 15
+NOTHING = None  # a bad action shows the same page again (envs/__init__.py's contract)
+FLAGS = {"data": "webshop_data"}  # train.py's --webshop-data: WebShop's own data dir ('' = the generated catalog)
 DESCRIPTION = "the WebShop online shopping environment"  # the prompt's <env>
 DEFAULT_N_TASKS = {"train": 6000, "eval_seen": 500, "eval_unseen": 500}
 PER_PAGE, TOP_K = 10, 50
@@ -375,6 +377,10 @@ class ShopTask:
     pair_options: bool = False  # WebShop synthetic goals: goal.py matches options as "type value" (webshop_data.reward)
     goal_options: tuple = ()    # WebShop data: goal.py's goal_options as its reward reads them (webshop_data.reward)
 
+    @property
+    def task_type(self):  # the contract's name for it (not a field: asdict and the JSON form are unchanged)
+        return self.category
+
 
 def _article(phrase):
     if phrase.split()[-1].endswith("s") and not phrase.endswith("ss"):
@@ -589,3 +595,32 @@ class Env:
         if want != self.page_no:
             return "click[next >]" if want > self.page_no else "click[< prev]"
         return f"click[{self.cat.products[self.results[j]].asin.lower()}]"
+
+
+# -----------------------------------------------------------------------------
+# The embedded policy (bootstrap.py; envs/__init__.py's contract)
+
+_OPTIONS = {"beauty": "size and scent or color", "clothing": "color and size", "electronics": "color, length or style",
+            "grocery": "flavor and size", "home": "color and size"}
+SKILLS = {cat: dict(  # one reference skill per product category (the task type)
+    when=[f"The task asks you to buy a {cat} product with some attributes, options and a price limit.",
+          f"Use this when shopping for a {cat} item with a required {opts}."],
+    strategy=["Search for the product words of the instruction, open the first result, then click the options "
+              "it names and buy.",
+              f"Copy the product phrase into the search, open the top result and click the {opts} the "
+              "instruction asks for before you buy."],
+    steps=["search the product phrase | click the first result | click each option the instruction names | "
+           "click buy now"]) for cat, opts in _OPTIONS.items()}
+WRONG_SKILL = {"beauty": "home", "clothing": "electronics", "electronics": "grocery", "grocery": "clothing",
+               "home": "beauty"}
+# Pages are long (one step of history keeps prompts near 450 tokens), products are picked by ASIN, and copying the
+# query and ASINs needs more data and steps (450 steps on 600 demos: 0% success; these: 13% seen). Skills as in
+# the household: the plain demos mostly lack two categories, which skill-guided demos cover.
+BOOTSTRAP = dict(history=1, entity_tokens=1, demos=1200, sft_steps=1000, noise=0.15, rare="grocery,home",
+                 rare_plain=0.2, rare_naive=0.0, wrong_frac=0.0, skill_frac=0.4)
+
+
+def entity_tokens(tasks):
+    """bootstrap.py --entity-tokens 1: every ASIN of the tasks' catalog is one token (clicking a product copies
+    one token)."""
+    return [p.asin.lower() for p in get_catalog(tasks[0].catalog).products]
