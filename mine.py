@@ -22,7 +22,8 @@ Decisions (SIRI publishes none of these; each number is an argument, defaults he
    recent (the current policy), then the shortest. It marks what it returns, so the next round mines other
    trajectories (a greedy miner would rewrite the same skill, a duplicate).
 3. Mining is greedy by default: the snapshot's most likely summary, the fewest malformed answers.
-4. Key = the env's task type (household: six; shop: product category), the task text when there is none.
+4. Key = envs.skill_key(task): the env's task type (household: six; shop: product category) unless the env gives
+   its tasks a finer skill_key (cafe: the drink); the task text when there is neither.
 5. Utility = mean delta_g over all the groups a skill was used in (no window); untried counts 0, the value of
    a skill no better than the plain prompt.
 6. Lifecycle, after each update once uses >= n_eval (3): mean < retire (0.0) -> retired (from candidate or
@@ -47,6 +48,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+import envs
 import model as M
 import rollout as R
 
@@ -130,7 +132,7 @@ def paths(steps):
 
 
 def successes(steps, episodes):
-    """(task text, task type, actions) of every won plain episode of rollout.rollout's (steps, episodes), in
+    """(task text, skill key (envs.skill_key: the task type unless the env keys finer), actions) of every won plain episode of rollout.rollout's (steps, episodes), in
     episode order: what SuccessBuffer.add takes (train.py gathers these from every rank)."""
     acts, out = paths(steps), []
     for e in episodes:
@@ -140,7 +142,7 @@ def successes(steps, episodes):
         assert [t for t, _, _ in done] == list(range(e.steps)), \
             f"trajectory {e.traj}: plain steps {[t for t, _, _ in done]} for an episode of {e.steps} steps"
         text = getattr(e, "task_text", "") or getattr(e.task, "text", e.task)  # a shop task has no .text
-        out.append((text, e.task_type, [a for _, a, _ in done]))
+        out.append((text, envs.skill_key(e.task) or e.task_type, [a for _, a, _ in done]))
     return out
 
 

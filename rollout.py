@@ -25,6 +25,7 @@ Contract
   An exception from env.reset / env.step (env_errors): "raise" stops with a
   RuntimeError naming the env, task, step and action; "fail" ends that episode
   as failed (Episode.env_error, counted in stats["env_errors"]) and goes on.
+  An episode's score is info["score"], float(won) for an env that gives none (envs/__init__.py).
 - `evaluate(...)` runs one episode per task with the plain prompt only and
   reports success (and the shop's [0,1] score) overall and per task type.
 
@@ -247,7 +248,7 @@ def rollout(model, tokenizer, prompter, suite, tasks, n, sampling, generator=Non
         env_s += time.perf_counter() - t0
         live = still
     episodes = [Episode(group_base + i // n, traj_base + i, task_of[i], obs[i].task_type,
-                        bool(infos[i] and infos[i]["won"]), float(infos[i]["score"]) if infos[i] else 0.0,
+                        bool(infos[i] and infos[i]["won"]), float(infos[i].get("score", infos[i]["won"])) if infos[i] else 0.0,
                         len(past[i]), skill_ids[i], bool(infos[i] and infos[i].get("truncated")), obs[i].task,
                         failed[i])
                 for i in range(E)]
