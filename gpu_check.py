@@ -60,7 +60,7 @@ class Timeout(Exception):
 def guard(seconds):
     """Raise Timeout in this section after `seconds` (checked between Python operations)."""
     def fire(*_):
-        raise Timeout(f"time guard: over {seconds} s")
+        raise Timeout(f"time guard: over {seconds:.0f} s")
     old = signal.signal(signal.SIGALRM, fire)
     signal.alarm(int(seconds))
     try:
@@ -305,6 +305,7 @@ def main():
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--micro", type=int, default=16, help="rows per training micro-batch in the LoRA step")
     p.add_argument("--siri-s", type=int, default=150, help="time guard of the siri section (seconds)")
+    p.add_argument("--total-s", type=int, default=450, help="no section starts or runs past this many seconds")
     a = p.parse_args()
     dev = torch.device(a.device)
     dtype = torch.bfloat16
@@ -318,9 +319,11 @@ def main():
     for sec in a.sections:
         jobs = [(sec, shape) for shape in ("0.5B", "1.5B")] if sec == "bench" else [(sec, None)]
         for name, shape in jobs:
-            t0 = time.time()
+            t0, left = time.time(), a.total_s - (time.time() - t_start)
             try:
-                with guard(budget[name]):
+                if left < 15:
+                    raise Timeout(f"not started: {a.total_s} s total reached")
+                with guard(min(budget[name], left)):
                     if name == "bench":
                         out = check_bench(a, dev, dtype, shape, [(8, 8), (16, 4)] if a.smoke else [(64, 128), (256, 64)])
                     else:
