@@ -6,7 +6,7 @@ parallel.py: one node, several processes, launched by torchrun (no home-made pro
     torchrun --nproc_per_node=8 train.py --device cuda --shard fsdp --grad-ckpt ...   # FSDP2, e.g. a 7B model
     torchrun --nproc_per_node=2 train.py --threads 1           # CPU, gloo: what the tests run
 
-How train.py splits the work (STYLE 8, nanochat's rank-local groups):
+How train.py splits the work (rank-local groups, as nanochat does it):
 - Every rank draws the same G tasks from the same (seed, iteration) stream and rolls out its own G / W
   of them, all N rollouts of a group on one rank: group advantages and delta_g need no collectives.
 - Metrics, success counts and skill statistics are summed over ranks (all_sum); won episodes are
