@@ -25,7 +25,7 @@ QUICK = dict(out="runs/quick", iters=4, groups=4, group_size=4, max_steps=30, ev
              final_eval_tasks=30, phase1_min_frac=0.25, mine_every=1, lambda_ramp=1)
 QUICK_BOOTSTRAP = dict(demos=300, sft_steps=200)
 # flags that --help lists by name only (their help: --help-all)
-ADVANCED = ("--warmup", "--weighting", "--recompute-old-logp", "--max-bad-steps", "--env-errors", "--alfworld-games",
+ADVANCED = ("--max-prompt-tokens", "--warmup", "--weighting", "--recompute-old-logp", "--max-bad-steps", "--env-errors", "--alfworld-games",
             "--eval-max-steps", "--save-every")
 
 
@@ -99,6 +99,7 @@ def parser(doc=None, algo="siri", full=False):
              "policy's prompts near 500 tokens)")
     add(g, "--think", action="store_true", help="ask for <think>...</think> before the action (real LLMs)")
     add(g, "--temperature", type=float, default=1.0, help="rollout sampling temperature")
+    add(g, "--max-prompt-tokens", type=int, default=4096, help="longer prompts are an error (GiGPO: 2048 / 4096)")
     add(g, "--max-new-tokens", type=int, default=None, help="response cap in tokens (default: 32; with --think 512)")
     add(g, "--webshop-data", default=os.environ.get("WEBSHOP_DATA", ""),
         help="shop: WebShop's data dir (items_shuffle_1000.json, items_ins_v2_1000.json; "

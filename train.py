@@ -110,14 +110,15 @@ def uses_grpo(a):
 
 
 def describe(suite, task):
-    """(task type, task text) as the env's observation gives them (household and shop tasks differ in fields)."""
+    """(skill key, task text): the key SIRI files and retrieves the task's skills under (envs.skill_key: the task
+    type unless the env keys finer) and the task as the agent reads it (the observation's)."""
     o = suite.new_env().reset(task)
-    return o.task_type, o.task
+    return envs.skill_key(task) or o.task_type, o.task
 
 
 def task_type(suite, task):
-    """A task's type as SIRI keys it, read off the task where it carries one (no env reset)."""
-    return getattr(task, "task_type", None) or describe(suite, task)[0]
+    """A task's type (--train-types; evaluation reports by it), read off the task (envs/__init__.py's contract)."""
+    return getattr(task, "task_type", None) or suite.new_env().reset(task).task_type
 
 
 # -----------------------------------------------------------------------------
@@ -547,7 +548,8 @@ def setup(a, dev):
     run = SimpleNamespace(a=a, dev=dev, ckpt=ckpt, init_path=init_path, tok=tok, policy=policy, ref=ref,
                           opt=U.optimizer(policy, a.lr), train=train, evals=evals, start=0, rl_clock=0.0, streak=0,
                           log=Log(os.path.join(a.out, "metrics.jsonl")),
-                          prompter=R.Prompter(tok, train.description, history=a.history, think=a.think),
+                          prompter=R.Prompter(tok, train.description, history=a.history, think=a.think,
+                                              max_prompt_tokens=a.max_prompt_tokens),
                           sampling=R.Sampling(temperature=a.temperature, max_new_tokens=a.max_new_tokens))
     miner = (policy, tok)  # the current weights (mine.mine runs under torch.no_grad), or --miner
     if a.algo not in ("gigpo", "grpo") and a.miner:
