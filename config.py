@@ -26,7 +26,7 @@ QUICK = dict(out="runs/quick", iters=4, groups=4, group_size=4, max_steps=30, ev
 QUICK_BOOTSTRAP = dict(demos=300, sft_steps=200)
 # flags that --help lists by name only (their help: --help-all)
 ADVANCED = ("--max-prompt-tokens", "--warmup", "--weighting", "--recompute-old-logp", "--max-bad-steps", "--env-errors", "--alfworld-games",
-            "--eval-max-steps", "--save-every")
+            "--eval-max-steps", "--save-every", "--lora-rank", "--lora-alpha")
 
 
 def check_checkpoint_dir(p, flag, d):
@@ -80,6 +80,10 @@ def parser(doc=None, algo="siri", full=False):
     add(g, "--shard", default="ddp", choices=["ddp", "fsdp"],
         help="under torchrun: ddp (a model that fits one device) or fsdp (FSDP2 fully_shard per layer)")
     add(g, "--grad-ckpt", action="store_true", help="activation checkpointing per decoder layer in the update")
+    add(g, "--lora-rank", type=int, default=0,
+        help="LoRA: train rank-R adapters on q/k/v/o and the MLP projections, base weights frozen, the KL reference "
+             "the same model with adapters off (one GPU, e.g. 7B); 0 = full weights")
+    add(g, "--lora-alpha", type=float, default=0, help="LoRA scale alpha (update (alpha / R) B A; 0 = 2 x --lora-rank)")
     g = p.add_argument_group("tasks and rollouts")
     add(g, "--iters", type=int, default=10, help="RL iterations")
     add(g, "--max-rl-minutes", type=float, default=0,
@@ -191,6 +195,9 @@ def get_args(argv=None, doc=None):
         p.error("--phase1-min-frac and --phase2-frac must lie in [0, 1], --mine-every >= 1, --n-req >= 0")
     if a.algo == "siri" and a.phase2_frac < 1 and a.phase1_min_frac + a.phase2_frac > 1:
         p.error(f"--phase1-min-frac {a.phase1_min_frac} + --phase2-frac {a.phase2_frac} > 1: phase 1 could never start")
+    if a.lora_rank < 0 or (a.lora_rank and a.shard == "fsdp"):
+        p.error("--lora-rank must be >= 0, and LoRA runs without --shard fsdp (the base weights fit one device)")
+    a.lora_alpha = a.lora_alpha or 2.0 * a.lora_rank
     if a.bank and a.algo != "siri":
         p.error(f"--bank is SIRI's starting skill bank; --algo {a.algo} does not use it")
     for name, d in (("--model", a.model), ("--miner", a.miner)):

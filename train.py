@@ -8,6 +8,7 @@ docs/algorithm.md; this docstring is the contract of the loop.
     python train.py --algo gigpo                      # the baseline: SIRI's phase 0 for the whole run
     python train.py --backbone grpo --env shop --seed 1
     python train.py --model /path/to/Qwen2.5-1.5B-Instruct --device cuda --dtype bfloat16 --think
+    python train.py --model /path/to/Qwen2.5-7B-Instruct --device cuda --dtype bfloat16 --grad-ckpt --lora-rank 64
     torchrun --nproc_per_node=8 train.py --model /path/to/Qwen2.5-7B-Instruct --device cuda --dtype bfloat16
 
 One iteration (`iteration`), the same named steps for every --algo; what SIRI adds are the hooks of one object,
@@ -423,7 +424,9 @@ def save_checkpoint(out, policy, opt, state, write_extra=None):
     if P.master():
         tmp, final, old = (os.path.join(out, d) for d in ("ckpt.tmp", "ckpt", "ckpt.old"))
         shutil.rmtree(tmp, ignore_errors=True)
-        M.save(P.inner(policy), tmp, state=msd)
+        M.save(P.inner(policy), tmp, state=msd)  # LoRA: adapters merged (a plain HF checkpoint), and saved apart
+        if getattr(P.inner(policy), "lora", None):
+            M.save_adapters(P.inner(policy), tmp)
         torch.save(osd, os.path.join(tmp, "optimizer.pt"))
         with open(os.path.join(tmp, "state.json"), "w") as f:
             json.dump(state, f)
@@ -529,11 +532,18 @@ def load_models(a, dev, ckpt):
         P.barrier()
     dtype = getattr(torch, a.dtype)
     resumed = a.resume or (a.eval_only and os.path.exists(os.path.join(ckpt, "state.json")))
-    policy = M.load(ckpt if resumed else init_path, device=dev, dtype=dtype)
+    lora = a.lora_rank > 0 and not a.eval_only  # LoRA: the initial weights, frozen, + adapters (resumed: the saved ones)
+    policy = M.load(ckpt if resumed and not lora else init_path, device=dev, dtype=dtype)
+    if lora and resumed:
+        M.load_adapters(policy, ckpt)
+    elif lora:
+        M.add_lora(policy, a.lora_rank, a.lora_alpha, seed=a.seed)
     policy.grad_checkpointing = a.grad_ckpt
     policy = P.wrap(policy, a.shard)
     ref = None
-    if a.kl_coef > 0 and not a.eval_only:  # the frozen initial policy; sharded like the policy under FSDP
+    if a.kl_coef > 0 and not a.eval_only and lora:  # the base weights with adapters off: no second copy
+        ref = M.AdaptersOff(P.inner(policy))
+    elif a.kl_coef > 0 and not a.eval_only:  # the frozen initial policy; sharded like the policy under FSDP
         ref = M.load(init_path, device=dev, dtype=dtype).requires_grad_(False)
         ref = P.wrap(ref, "fsdp") if P.is_fsdp(policy) else ref
     return AutoTokenizer.from_pretrained(init_path), policy, ref, init_path

@@ -57,7 +57,8 @@ def amp(a):
 
 def optimizer(policy, lr):
     """AdamW as GiGPO's setup has it (betas 0.9 / 0.999, weight decay WEIGHT_DECAY, constant lr; --warmup ramps it)."""
-    return torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.999))
+    params = [p for p in policy.parameters() if p.requires_grad]  # LoRA: the adapters only
+    return torch.optim.AdamW(params, lr=lr, weight_decay=WEIGHT_DECAY, betas=(0.9, 0.999))
 
 
 def internalization_loss(policy, steps, w, blocks, total_weight, a):
