@@ -291,6 +291,11 @@ def build(out, quiet=False, **kw):
     """Build (or reuse) the embedded policy in `out`; returns the checkpoint directory."""
     cfg = settings(**kw)
     mod = envs.module(cfg["env"])
+    skilled = bool(envs.module_attr(cfg["env"], "SKILLS"))  # an env with reference skills
+    if not skilled:  # (built or reused: said every time)
+        warnings.warn(f"env {cfg['env']!r} declares no reference skills (SKILLS in {mod.__name__}): the embedded "
+                      "policy is built without skill blocks and mining examples, so it can neither read nor write "
+                      "skills and SIRI cannot mine with it; use --algo gigpo, or --model / --miner", stacklevel=2)
     with open(mod.__file__, "rb") as f:  # the env module's source: editing its expert or skills rebuilds
         key = hashlib.sha1(json.dumps(cfg, sort_keys=True).encode() + f.read()).hexdigest()[:12]
     meta_path = os.path.join(out, "bootstrap.json")
@@ -301,11 +306,6 @@ def build(out, quiet=False, **kw):
     torch.manual_seed(cfg["seed"])
     suite = envs.make(cfg["env"], "train", seed=cfg["seed"], **env_options(cfg))
     text_prompter = Prompter(None, suite.description, history=cfg["history"])
-    skilled = bool(envs.module_attr(cfg["env"], "SKILLS"))  # an env with reference skills
-    if not skilled:
-        warnings.warn(f"env {cfg['env']!r} declares no reference skills (SKILLS in {mod.__name__}): the embedded "
-                      "policy is built without skill blocks and mining examples, so it can neither read nor write "
-                      "skills and SIRI cannot mine with it; use --algo gigpo, or --model / --miner", stacklevel=2)
     rare = rare_keys(cfg) if skilled else ()
     triples = demonstrations(suite, cfg["demos"], cfg["seed"], text_prompter.text, cfg["noise"],
                              cfg["skill_frac"] if skilled else 0.0, rare, cfg["rare_plain"], cfg["rare_naive"],

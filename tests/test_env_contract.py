@@ -240,7 +240,8 @@ def test_embedded_policy_data(name):
 
 def test_env_without_skills_warns_and_builds_without_skill_data(tmp_path, monkeypatch):
     """A registered env with no reference skills (SKILLS): bootstrap.build warns that SIRI cannot mine with the
-    policy it builds, and that policy saw no skill block and no mining example."""
+    policy it builds (and again when it reuses it), and that policy saw no skill block and no mining example.
+    Editing the env module's source rebuilds the policy; the same source reuses it."""
     base = envs.module("cafe")
     mod = types.ModuleType("plain_cafe")
     for attr in ("Env", "make_tasks", "DESCRIPTION", "MAX_STEPS", "DEFAULT_N_TASKS", "NOTHING"):
@@ -248,8 +249,16 @@ def test_env_without_skills_warns_and_builds_without_skill_data(tmp_path, monkey
     mod.__file__ = base.__file__
     monkeypatch.setitem(sys.modules, "plain_cafe", mod)
     monkeypatch.setitem(envs.REGISTRY, "plain_cafe", "plain_cafe")
+    kw = dict(env="plain_cafe", demos=4, sft_steps=1, hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64,
+              batch=4, vocab=400)
     with pytest.warns(UserWarning, match="SIRI cannot mine"):
-        out = bootstrap.build(str(tmp_path / "p"), quiet=True, env="plain_cafe", demos=4, sft_steps=1, hidden=32,
-                              layers=1, heads=2, kv_heads=1, intermediate=64, batch=4, vocab=400)
+        out = bootstrap.build(str(tmp_path / "p"), quiet=True, **kw)
     meta = json.load(open(tmp_path / "p" / "bootstrap.json"))
     assert out == str(tmp_path / "p") and meta["mining_examples"] == 0 and meta["demo_steps"] > 0
+    edited = tmp_path / "plain_cafe.py"  # the env module's source is part of the cache key
+    edited.write_text(open(base.__file__).read() + "\n# an edit\n")
+    for source, rebuilt in ((base.__file__, False), (str(edited), True)):
+        mod.__file__ = source
+        with pytest.warns(UserWarning, match="SIRI cannot mine"):  # also when the policy is reused
+            bootstrap.build(out, quiet=True, **kw)
+        assert (json.load(open(tmp_path / "p" / "bootstrap.json"))["key"] != meta["key"]) == rebuilt
