@@ -13,6 +13,8 @@ Sections (each in its own try/except and time guard, so one failure still report
            B / ((weight bytes + KV bytes read per step) / --bandwidth), KV at the mean length
   siri     one SIRI iteration of the embedded policy on the GPU: train.py --model --policy, 16 groups x 8
            rollouts, 2 iterations (the first captures the graphs); seconds split into generation, env, training
+  train7b  train.py --lora-rank --grad-ckpt --dtype bfloat16 on a Qwen2.5-7B-shape checkpoint (random weights, the
+           embedded policy's tokenizer): one short SIRI iteration (4 x 4 episodes, <= 4 steps); seconds, peak memory
   lora7b   one LoRA step at Qwen2.5-7B shape (random bf16 weights on the GPU, rank 16, activation checkpointing):
            128 rollouts (16 prompts x 8, prompts of 256-768 tokens, 128 new tokens, sampled), then the
            reference log-probs with adapters off, and a PPO-shaped loss backward over all rows + AdamW;
@@ -230,8 +232,8 @@ def check_siri(a, dev, dtype):
     return rows
 
 
-def check_lora(a, dev, dtype):
-    shape = SMOKE if a.smoke else QWEN["7B"]
+def random_model(shape, dev, dtype):
+    """Our model at `shape`, random weights made on the device: normal(0, 0.02), unit norms, zero biases."""
     with torch.device("meta"):
         m = M.Transformer(M.ModelConfig.from_hf(M.config_dict(max_position_embeddings=32768, **shape)))
     m = m.to(dtype).to_empty(device=dev)
@@ -240,6 +242,11 @@ def check_lora(a, dev, dtype):
     with torch.no_grad():
         for n, p in m.named_parameters():
             p.fill_(1.0) if n.endswith("norm.weight") else p.zero_() if n.endswith("bias") else p.normal_(0, 0.02)
+    return m
+
+
+def check_lora(a, dev, dtype):
+    m = random_model(SMOKE if a.smoke else QWEN["7B"], dev, dtype)
     M.add_lora(m, a.lora_rank, 2.0 * a.lora_rank)
     m.grad_checkpointing = True
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5)
@@ -282,6 +289,43 @@ def check_lora(a, dev, dtype):
                  raw=dict(gen_s=t_gen2, gen_first_s=t_gen, train_s=t_train, peak_gib=peak, tokens=n_tok))]
 
 
+def check_train_lora(a, dev, dtype):
+    """train.py --lora-rank --grad-ckpt on a Qwen2.5-7B-shape checkpoint (random bf16 weights written to disk with
+    the embedded policy's tokenizer; ids past its vocabulary decode to nothing): a short SIRI iteration on the
+    household env, in a subprocess, peak memory from that process."""
+    import shutil
+    if not os.path.isdir(a.policy):
+        raise FileNotFoundError(f"{a.policy}: no embedded policy (python bootstrap.py --out {a.policy})")
+    with tempfile.TemporaryDirectory() as d:
+        ckpt, out = os.path.join(d, "model"), os.path.join(d, "run")
+        t0 = time.time()
+        m = random_model(dict(SMOKE, vocab_size=2048) if a.smoke else QWEN["7B"], dev, dtype)  # >= the tokenizer's
+        M.save(m, ckpt)
+        del m
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        for f in os.listdir(a.policy):  # the tokenizer and chat template
+            if f not in ("config.json", "model.safetensors", "bootstrap.json"):
+                shutil.copy(os.path.join(a.policy, f), ckpt)
+        write_s = time.time() - t0
+        flags = ["--model", ckpt, "--device", str(dev), "--dtype", "bfloat16", "--grad-ckpt", "--lora-rank",
+                 str(a.lora_rank), "--iters", "1", "--groups", "4", "--group-size", "4", "--max-steps", "4",
+                 "--eval-every", "0", "--final-eval-tasks", "1", "--eval-max-steps", "1", "--lr", "1e-5", "--out", out,
+                 "--keep-uniform-groups"]  # random weights never win: train on the uniform groups all the same
+        code = ("import sys, torch, train; train.main(sys.argv[1:]); print('PEAK_GIB', "
+                "torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float('nan'))")
+        p = subprocess.run([sys.executable, "-c", code] + flags, capture_output=True, text=True, timeout=a.siri_s)
+        if p.returncode:
+            raise RuntimeError(f"train.py exit {p.returncode}: {(p.stderr or p.stdout).strip().splitlines()[-1:]}")
+        peak = float(p.stdout.split("PEAK_GIB")[-1])
+        r = next(r for r in map(json.loads, open(os.path.join(out, "metrics.jsonl"))) if "iter_s" in r)
+    return [dict(check="train7b", case=f"train.py --lora-rank {a.lora_rank} --grad-ckpt, {'smoke' if a.smoke else '7B'}, "
+                                       f"4 x 4 episodes, <= 4 steps", ours=f"{r['iter_s']:.1f} s / iteration",
+                 reference=f"peak {peak:.1f} GiB", note=f"gen {r['gen_s']:.1f}s env {r['env_s']:.1f}s train "
+                                                       f"{r['train_s']:.1f}s; checkpoint written in {write_s:.0f}s", ok=True,
+                 raw=dict(r, peak_gib=peak, write_s=write_s))]
+
+
 # -----------------------------------------------------------------------------
 
 def table(rows, header):
@@ -299,7 +343,7 @@ def main():
     p.add_argument("--out", default=os.environ.get("OUT", "results"), help="directory for gpu_check.txt / .json")
     p.add_argument("--smoke", action="store_true", help="tiny shapes, CPU allowed: test the script itself")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--sections", nargs="+", default=["parity", "graphs", "bench", "siri", "lora7b"])
+    p.add_argument("--sections", nargs="+", default=["parity", "graphs", "bench", "siri", "lora7b", "train7b"])
     p.add_argument("--policy", default="runs/gpu_policy", help="embedded policy checkpoint (bootstrap.py --out)")
     p.add_argument("--bandwidth", type=float, default=4.8e12, help="memory bandwidth, bytes/s (H200: 4.8e12)")
     p.add_argument("--lora-rank", type=int, default=16)
@@ -310,7 +354,7 @@ def main():
     dev = torch.device(a.device)
     dtype = torch.bfloat16
     t_start = time.time()
-    budget = dict(parity=40, graphs=40, bench=130, siri=a.siri_s + 10, lora7b=150)
+    budget = dict(parity=40, graphs=40, bench=130, siri=a.siri_s + 10, lora7b=150, train7b=a.siri_s + 60)
     import transformers
     header = (f"gpu_check: {torch.cuda.get_device_name() if dev.type == 'cuda' else 'cpu'}, torch {torch.__version__}, "
               f"transformers {transformers.__version__}, bf16{', SMOKE shapes' if a.smoke else ''}")
@@ -327,7 +371,8 @@ def main():
                     if name == "bench":
                         out = check_bench(a, dev, dtype, shape, [(8, 8), (16, 4)] if a.smoke else [(64, 128), (256, 64)])
                     else:
-                        out = dict(parity=check_parity, graphs=check_graphs, siri=check_siri, lora7b=check_lora)[name](
+                        out = dict(parity=check_parity, graphs=check_graphs, siri=check_siri, lora7b=check_lora,
+                                   train7b=check_train_lora)[name](
                             a, dev, dtype)
             except BaseException as e:  # report and go on (Timeout, OOM, a bug)
                 if isinstance(e, KeyboardInterrupt):
