@@ -20,8 +20,8 @@ Contract
   are on CUDA and in 16-bit; torch SDPA otherwise. `model.attn_backend`
   ("auto" | "flash" | "sdpa") forces a path; one line names the path taken.
 - LoRA: `add_lora(model, rank, alpha)` puts low-rank adapters on q/k/v/o and the MLP projections and
-  freezes the rest; `adapters_off(model)` gives the base model (the KL reference) without a copy;
-  `save_adapters` / `load_adapters`; `save` writes the adapters merged, a plain HF checkpoint.
+  freezes the rest; `adapters_off(model)` / `AdaptersOff(model)` give the base model (the KL reference)
+  without a copy; `save_adapters` / `load_adapters`; `save` writes the adapters merged (plain HF).
 
 Log-probability semantics: every log-prob this file returns is log
 softmax(logits / T) with T an explicit argument (default 1.0), whatever
