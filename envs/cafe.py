@@ -87,6 +87,7 @@ class CafeTask:
 
 
 def make_tasks(split, n, seed=0):
+    """n orders of `split`; order i is drawn from (seed, split, i) alone (the drink uniformly)."""
     phrases = PHRASES["unseen" if split == "eval_unseen" else "seen"]
     tasks = []
     for i in range(n):
