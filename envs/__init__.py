@@ -1,5 +1,5 @@
 """
-envs: the two built-in text environments and the interface the rollout code uses.
+envs: the text environments, the contract every env meets (the interface the rollout code uses), the registry.
 
 The paper's benchmarks, ALFWorld and WebShop, need data downloads (and Java for
 WebShop's search index) that these machines cannot do. So the project ships two
@@ -19,7 +19,12 @@ and a third, small one, written as a newcomer would write an env (one file plus 
     cafe        a barista: recipes of several steps at stations, an order served once   envs/cafe.py
 
 Each module's docstring is its contract (what it models, the conventions it
-follows, a numbered list of departures from the real benchmark).
+follows, and for a stand-in a numbered list of departures from the real benchmark).
+
+Adding an env: write envs/<name>.py with the required attributes below (envs/cafe.py is a complete
+example), add `"<name>": "envs.<name>"` to REGISTRY, run `pytest tests/test_env_contract.py -k <name>`.
+train.py, rollouts, GiGPO, SIRI's mining and lifecycle, checkpoints and evaluation need no change. For SIRI
+with the embedded policy (no --model) also declare SKILLS (and optionally WRONG_SKILL, BOOTSTRAP).
 
 The contract every env meets
 ----------------------------
@@ -53,8 +58,9 @@ The embedded policy (bootstrap.py) reads, all optional:
     BOOTSTRAP_OPTIONS  bootstrap.py settings passed on to make_tasks (household: ("room_size",))
     entity_tokens(tasks)  whole-string tokens for bootstrap's --entity-tokens 1 (shop: ASINs); without it
                      --entity-tokens 1 keeps each numbered entity ("apple 1") one pre-token
-    skill_variant(skill, key), Env.variant_opening(), Env.naive_action(): household's target-first variant
-                     and naive demonstrator (bootstrap.demonstrations); envs without them have neither
+    skill_variant(skill, key), Env.variant_opening(), Env.naive_action(), Env.naive_done(action): household's
+                     target-first variant and naive demonstrator (bootstrap.demonstrations); an env without
+                     them has no variant, and its expert plays the naive episodes
 
 Tasks: small frozen dataclasses (JSON-able via dataclasses.asdict). Task i of a split is a deterministic
 function of (seed, split, i) only, so `make(..., n_tasks=k)` is a prefix of `make(..., n_tasks=m)` for k < m,
