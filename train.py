@@ -602,12 +602,7 @@ def iteration(run, it):
     adv, keep, groups = advantages(steps, eps, a)                          # 4. GiGPO advantages
     sk.feedback(it, steps, eps)                                            # 5. delta_g -> lifecycle, wins -> buffer
     delta_of, blocks, lam = sk.internalization(it, run.tok)                # 6. L_base + lambda L_int
-    delta = [delta_of.get(steps[k].group) for k in keep]
-    run.policy.train()
-    t1 = time.time()
-    m, n_bwd, run.streak = U.train_step(run.policy, run.ref, run.opt, [steps[k] for k in keep], adv[keep], a, rng,
-                                        delta, blocks, lam, spare=steps[0], streak=run.streak)
-    t_train = time.time() - t1
+    m, n_bwd, t_train = update(run, steps, adv, keep, rng, delta_of, blocks, lam)
     return metrics_row(run, it, steps, eps, keep, groups, st, m, n_bwd, (t_roll, t_train, t0))  # 7. log
 
 
@@ -626,6 +621,17 @@ def play(run, it, tasks, skills, skill_ids, gen):
     if not steps:  # (only --env-errors fail with every env of this rank failing at reset)
         raise RuntimeError(f"iteration {it + 1}: every environment on rank {P.RANK} failed at reset")
     return steps, eps, st
+
+
+def update(run, steps, adv, keep, rng, delta_of, blocks, lam):
+    """Step 6: one epoch of PPO over the kept samples (update.train_step); with lam > 0 (phase 2) each mini-batch
+    adds lam x L_int on the skill samples of groups with delta_g > 0. -> (metrics, backward passes, seconds)."""
+    run.policy.train()
+    t1 = time.time()
+    m, n_bwd, run.streak = U.train_step(run.policy, run.ref, run.opt, [steps[k] for k in keep], adv[keep], run.a, rng,
+                                        [delta_of.get(steps[k].group) for k in keep], blocks, lam, spare=steps[0],
+                                        streak=run.streak)
+    return m, n_bwd, time.time() - t1
 
 
 def metrics_row(run, it, steps, eps, keep, groups, st, m, n_bwd, times):
