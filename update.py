@@ -79,6 +79,62 @@ def internalization_loss(policy, steps, w, blocks, total_weight, a):
     return D.distill_loss(stud, teacher, w.to(stud.device), kind=DISTILL, total_weight=total_weight)
 
 
+def gates(steps, mb, delta, adv):
+    """Distillation token weights of mini-batch mb (distill.gate_weights: skill used, delta_g > 0, clip(A, 0, c)
+    on every response token). -> (B_mb, R_mb)."""
+    resp_mask = torch.zeros(len(mb), max(len(steps[i].response) for i in mb))  # (B_mb, R_mb)
+    for j, i in enumerate(mb):
+        resp_mask[j, :len(steps[i].response)] = 1
+    return D.gate_weights([steps[i].skill is not None for i in mb], [delta[i] for i in mb], adv[mb], resp_mask,
+                          cap=ADV_CAP)
+
+
+def base_loss(policy, ref, steps, adv, a, total_tokens):
+    """GiGPO's policy loss (gigpo.policy_loss: PPO clip, dual clip, entropy bonus, k3 KL to ref) of one
+    micro-batch, each response under the prompt it was sampled with. -> (loss, metrics, response mask (B, R))."""
+    prompts, resps = [s.prompt for s in steps], [s.response for s in steps]
+    with amp(a):
+        logp, ent = M.score(policy, prompts, resps, temperature=a.temperature)  # (B, R)
+    mask = torch.zeros_like(logp)
+    old = torch.zeros_like(logp)
+    for k, s in enumerate(steps):
+        mask[k, :len(resps[k])] = 1
+        old[k, :len(resps[k])] = torch.tensor(s.logprobs)
+    if a.recompute_old_logp:  # (on-policy: the first mini-batch's ratio is exactly 1 then)
+        with torch.no_grad(), amp(a):
+            old = M.score(policy, prompts, resps, temperature=a.temperature)[0]
+    ref_logp = None
+    if ref is not None:
+        with torch.no_grad(), amp(a):
+            ref_logp = M.score(ref, prompts, resps, temperature=a.temperature)[0]
+    loss, m = gigpo.policy_loss(logp, old, adv.to(logp.device), mask, ref_logp=ref_logp, entropy=ent, clip_low=CLIP,
+                                clip_high=CLIP, dual_clip=DUAL_CLIP, entropy_coef=ENTROPY_COEF, kl_coef=a.kl_coef,
+                                total_tokens=total_tokens)
+    return loss, m, mask
+
+
+def optimizer_step(policy, opt, a, loss_sum, streak, what):
+    """Clip the accumulated gradient and step (the learning rate warmed up over a.warmup steps). A non-finite loss
+    or gradient norm skips the step on every rank alike (the norm is global, the flag reduced); a.max_bad_steps
+    skips in a row stop the run. -> (gradient norm, or None when skipped; skips in a row)."""
+    gn = torch.nn.utils.clip_grad_norm_(policy.parameters(), GRAD_CLIP)
+    gn = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)  # FSDP2: a DTensor
+    if P.all_max([float(not (math.isfinite(gn) and math.isfinite(loss_sum)))])[0] > 0:
+        streak += 1
+        opt.zero_grad(set_to_none=True)
+        P.print0(f"skipped {what}: loss {loss_sum:.4g}, grad norm {gn:.4g} ({streak} in a row)")
+        if streak >= a.max_bad_steps:
+            raise SystemExit(f"stopping: {streak} optimizer updates in a row had a non-finite loss or gradient "
+                             f"norm (--max-bad-steps {a.max_bad_steps}); the last checkpoint is untouched. "
+                             f"Try a lower --lr, --dtype float32 or --recompute-old-logp")
+        return None, streak
+    n_steps = opt.state[opt.param_groups[0]["params"][0]].get("step", 0)  # survives --resume
+    for group in opt.param_groups:
+        group["lr"] = a.lr * min(1.0, (float(n_steps) + 1) / a.warmup) if a.warmup else a.lr
+    opt.step()
+    return gn, 0
+
+
 def train_step(policy, ref, opt, steps, adv, a, rng, delta, blocks, lam, spare, streak=0):
     """One epoch of PPO over this rank's step samples in a.updates mini-batches. Returns (metrics averaged
     over all ranks' tokens, with skipped_updates; backward passes made; updates skipped in a row so far).
@@ -105,11 +161,7 @@ def train_step(policy, ref, opt, steps, adv, a, rng, delta, blocks, lam, spare, 
         n_tok_local = sum(len(steps[i].response) for i in mb)
         w_mb, W_local = None, 0.0
         if lam > 0 and mb:  # gates for the whole mini-batch first: their sum normalises every micro-batch's L_int
-            resp_mask = torch.zeros(len(mb), max(len(steps[i].response) for i in mb))  # (B_mb, R_mb)
-            for j, i in enumerate(mb):
-                resp_mask[j, :len(steps[i].response)] = 1
-            w_mb = D.gate_weights([steps[i].skill is not None for i in mb], [delta[i] for i in mb], adv[mb],
-                                  resp_mask, cap=ADV_CAP)  # (B_mb, R_mb)
+            w_mb = gates(steps, mb, delta, adv)  # (B_mb, R_mb)
             W_local, n_gated, n_resp = float(w_mb.sum()), n_gated + int((w_mb > 0).sum()), n_resp + n_tok_local
         chunks = micro_batches(mb, lengths, a.micro_tokens)
         n_tok, W, K = *P.all_sum([n_tok_local, W_local]), int(P.all_max([len(chunks)])[0])
@@ -121,24 +173,7 @@ def train_step(policy, ref, opt, steps, adv, a, rng, delta, blocks, lam, spare, 
         for chunk in chunks + [None] * (K - len(chunks)):
             scale = 1.0 if chunk else 0.0  # None: a zero-weight filler pass (equal collectives on every rank)
             chunk = chunk or [dummy]
-            prompts, resps = [steps[i].prompt for i in chunk], [steps[i].response for i in chunk]
-            with amp(a):
-                logp, ent = M.score(policy, prompts, resps, temperature=a.temperature)
-            mask = torch.zeros_like(logp)
-            old = torch.zeros_like(logp)
-            for k, i in enumerate(chunk):
-                mask[k, :len(resps[k])] = 1
-                old[k, :len(resps[k])] = torch.tensor(steps[i].logprobs)
-            if a.recompute_old_logp:  # (on-policy: the first mini-batch's ratio is exactly 1 then)
-                with torch.no_grad(), amp(a):
-                    old = M.score(policy, prompts, resps, temperature=a.temperature)[0]
-            ref_logp = None
-            if ref is not None:
-                with torch.no_grad(), amp(a):
-                    ref_logp = M.score(ref, prompts, resps, temperature=a.temperature)[0]
-            loss, m = gigpo.policy_loss(logp, old, adv[chunk].to(logp.device), mask, ref_logp=ref_logp, entropy=ent,
-                                        clip_low=CLIP, clip_high=CLIP, dual_clip=DUAL_CLIP,
-                                        entropy_coef=ENTROPY_COEF, kl_coef=a.kl_coef, total_tokens=n_tok / W_)
+            loss, m, mask = base_loss(policy, ref, [steps[i] for i in chunk], adv[chunk], a, n_tok / W_)
             (loss * scale).backward()
             n_bwd += 1
             loss_sum += float(loss.detach()) * scale / W_
@@ -159,24 +194,11 @@ def train_step(policy, ref, opt, steps, adv, a, rng, delta, blocks, lam, spare, 
                     ratio_max = max(ratio_max, v if scale else 0.0)
                 elif k not in ("n_tokens", "pg_loss_agg"):  # (per-call diagnostics)
                     metrics[k] = metrics.get(k, 0.0) + v * w / a.updates
-        gn = torch.nn.utils.clip_grad_norm_(policy.parameters(), GRAD_CLIP)
-        gn = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)  # FSDP2: a DTensor
-        bad = P.all_max([float(not (math.isfinite(gn) and math.isfinite(loss_sum)))])[0] > 0
-        if bad:  # NaN / inf: no step; every rank decides alike (gn is global, the flag is reduced)
-            skipped, streak = skipped + 1, streak + 1
-            opt.zero_grad(set_to_none=True)
-            P.print0(f"skipped update {u + 1}/{a.updates}: loss {loss_sum:.4g}, grad norm {gn:.4g} ({streak} in a row)")
-            if streak >= a.max_bad_steps:
-                raise SystemExit(f"stopping: {streak} optimizer updates in a row had a non-finite loss or gradient "
-                                 f"norm (--max-bad-steps {a.max_bad_steps}); the last checkpoint is untouched. "
-                                 f"Try a lower --lr, --dtype float32 or --recompute-old-logp")
+        gn, streak = optimizer_step(policy, opt, a, loss_sum, streak, f"update {u + 1}/{a.updates}")
+        if gn is None:
+            skipped += 1
             continue
-        streak = 0
         metrics["grad_norm"] = metrics.get("grad_norm", 0.0) + gn / W_ / a.updates  # (summed over ranks below)
-        n_steps = opt.state[opt.param_groups[0]["params"][0]].get("step", 0)  # survives --resume
-        for group in opt.param_groups:
-            group["lr"] = a.lr * min(1.0, (float(n_steps) + 1) / a.warmup) if a.warmup else a.lr
-        opt.step()
     keys = sorted(metrics)  # the same keys on every rank (every rank ran every pass)
     metrics = dict(zip(keys, P.all_sum([metrics[k] for k in keys])), ratio_max=P.all_max([ratio_max])[0])
     if lam > 0:  # the fraction of response tokens that taught (distill_loss: L_int per mini-batch, unscaled)
