@@ -13,14 +13,21 @@ instruct pre-training a real LLM brings:
    trained on) so that off-path states and recoveries appear. Each step is one
    (prompt, "<action>a</action>") pair, the prompt built by rollout.Prompter
    exactly as in RL;
-2. skills: 40% of episodes carry a correct skill block (a skill's three
-   fields, phrasings drawn at random, from the env's SKILLS); household: half of those use a
-   target-first variant that the expert then follows, so the block must be
-   read to act right. Plain episodes of the rare task types (household: heat,
-   cool; shop: the grocery and home categories) are mostly left out: the plain
-   policy lacks what skills supply. Mining examples (a won trajectory in
-   mine.py's mining prompt -> the three-line skill) teach the policy to write
-   skills;
+2. skills: half of the episodes carry a skill block (a skill's three
+   fields, phrasings drawn at random, from the env's SKILLS); household: half of
+   the correct ones use a target-first variant that the expert then follows, so
+   the block must be read to act right. The rare task types (household: heat
+   and cool, the skill-dependent types) stand for procedures the policy's
+   pre-training lacks: 70% of their plain episodes are played by a naive
+   demonstrator that does not know the procedure (it carries the object
+   straight to the target, skipping the appliance, and fails), and a quarter
+   of all skill episodes carry another type's skill (WRONG_SKILL), played as
+   without a skill. So the correct skill is the only reliable cue for a rare
+   type's procedure, a wrong one is no help, and the plain policy still wins
+   a rare task now and then (phase 0 has wins to mine). The shop keeps its
+   plain rare episodes at 20% instead (no naive demonstrator). Mining
+   examples (a won trajectory in mine.py's mining prompt -> the three-line
+   skill) teach the policy to write skills;
 3. a byte-level BPE tokenizer trained on that text with the `tokenizers`
    library, saved in HF format with a ChatML chat template; words and numbers
    are separate pre-tokens ("countertop", " 1"), so the object named in the

@@ -93,3 +93,26 @@ def write(name, result):
     os.replace(path + ".tmp", path)
     print(f"-> {path}", flush=True)
     return path
+
+
+def main():
+    """python -m experiments.common --policy DIR --out FILE [--per-split N] [--skill]: the per-task plain-prompt
+    (or reference-skill) outcomes of a policy on held_out(), as JSON: a subprocess per policy lets evaluations
+    run side by side, one thread each."""
+    import argparse
+    p = argparse.ArgumentParser()
+    p.add_argument("--policy", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--per-split", type=int, default=150)
+    p.add_argument("--skill", action="store_true", help="the reference skill of each task's type in the prompt")
+    a = p.parse_args()
+    policy, tok, history = load(a.policy, 1)
+    tasks = held_out(SKILL_TYPES, a.per_split)
+    fn = (lambda t: R.format_skill(bootstrap.reference_skill(t.task_type))) if a.skill else None
+    with open(a.out + ".tmp", "w") as f:
+        json.dump(outcomes(policy, tok, history, tasks, fn), f)
+    os.replace(a.out + ".tmp", a.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,7 @@
 """Internalization in isolation: does phase 2's L_int move the plain-prompt policy toward the skill-guided one?
 
-An oracle bank (the reference skill of each skill-dependent type, already active) replaces mining and
-validation; training tasks are those types only; every group is paired (half its rollouts with the skill) and
+An oracle bank (the reference skill of each skill-dependent type, already active) replaces mining (off:
+--mine-every beyond the run) and validation; training tasks are those types only; every group is paired (half its rollouts with the skill) and
 phase 2 runs from the first iteration. Two conditions per seed, on the same tasks and rollout seeds:
     L_int    --lambda-max 1 (the default schedule)
     control  --lambda-max 0: the same paired rollouts and base loss, no distillation.
@@ -34,18 +34,27 @@ def oracle_bank(path, types):
     return path
 
 
+def evaluate(policy, path, per_split, skill=False):
+    """Per-task outcomes on held_out() in a subprocess (one thread), cached in `path`."""
+    if not os.path.exists(path):
+        subprocess.run([sys.executable, "-m", "experiments.common", "--policy", policy, "--out", path,
+                        "--per-split", str(per_split)] + (["--skill"] if skill else []), check=True)
+    return json.load(open(path))
+
+
 def train(policy, out, seed, lam, bank, types, a):
-    """One train.py run (a subprocess, so that runs can share the cores one thread each)."""
+    """One train.py run (a subprocess, so that runs can share the cores one thread each), then its evaluation."""
     if os.path.exists(os.path.join(out, "final.json")):
-        return out
+        return out, evaluate(os.path.join(out, "ckpt"), os.path.join(out, "held_out.json"), a.per_split)
     cmd = [sys.executable, "train.py", "--model", policy, "--out", out, "--seed", str(seed), "--iters", str(a.iters),
            "--groups", str(a.groups), "--group-size", str(a.group_size), "--bank", bank,
-           "--train-types", ",".join(C.SHORT[t] for t in types), "--phase2-frac", "1.0", "--lambda-max", str(lam),
+           "--train-types", ",".join(types), "--phase2-frac", "1.0", "--lambda-max", str(lam),
+           "--mine-every", str(10 ** 6),
            "--eval-every", "0", "--eval-tasks", "8", "--final-eval-tasks", "8", "--threads", "1"] + a.extra
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "stdout.log"), "w") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
-    return out
+    return out, evaluate(os.path.join(out, "ckpt"), os.path.join(out, "held_out.json"), a.per_split)
 
 
 def main():
@@ -66,16 +75,14 @@ def main():
     bank = oracle_bank(os.path.join(a.out, "oracle_bank.json"), types)
     jobs = [(s, c, lam) for s in a.seeds for c, lam in (("lint", 1.0), ("control", 0.0))]
     with ThreadPoolExecutor(a.workers) as ex:
-        outs = list(ex.map(lambda j: train(a.policy, os.path.join(a.out, f"{j[1]}_s{j[0]}"), j[0], j[2], bank, types, a),
-                           jobs))
+        outs = ex.map(lambda j: train(a.policy, os.path.join(a.out, f"{j[1]}_s{j[0]}"), j[0], j[2], bank, types, a),
+                      jobs)
+        start = ex.map(lambda c: evaluate(a.policy, os.path.join(a.out, f"start_{c}.json"), a.per_split, c == "skill"),
+                       ("plain", "skill"))
+        outs, start = list(outs), dict(zip(("plain", "skill"), start))
     tasks = C.held_out(types, a.per_split)
-    skill = lambda t: R.format_skill(B.reference_skill(t.task_type))
-    policy, tok, history = C.load(a.policy, 2)
-    start = dict(plain=C.outcomes(policy, tok, history, tasks), skill=C.outcomes(policy, tok, history, tasks, skill))
     runs = {}
-    for (seed, cond, lam), out in zip(jobs, outs):
-        trained, tok, history = C.load(os.path.join(out, "ckpt"), 2)
-        w = C.outcomes(trained, tok, history, tasks)
+    for (seed, cond, lam), (out, w) in zip(jobs, outs):
         runs[f"{cond}_s{seed}"] = dict(seed=seed, cond=cond, lambda_max=lam, wins=w, success=sum(w) / len(w),
                                        by_type=C.by_type(tasks, w),
                                        metrics=[json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))
