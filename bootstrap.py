@@ -76,8 +76,8 @@ from rollout import SKILL_MARK, Prompter, chat_ids
 CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                  "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-DEFAULTS = dict(env="household", seed=0, demos=600, noise=0.25, vocab=4096, hidden=192, layers=4, heads=4, kv_heads=2,
-                intermediate=512, sft_steps=450, optimizer="muon", batch=16, lr=3e-3, prompt_loss=1.0, history=2, room_size="small", amp=1,
+DEFAULTS = dict(env="household", seed=0, demos=800, noise=0.25, vocab=4096, hidden=192, layers=4, heads=4, kv_heads=2,
+                intermediate=512, sft_steps=700, optimizer="muon", batch=16, lr=3e-3, prompt_loss=1.0, history=2, room_size="small", amp=1,
                 skill_frac=0.5, rare="", rare_plain=1.0, rare_naive=0.7, wrong_frac=0.25, mine_frac=0.2,
                 entity_tokens=0)
 # What each env needs lives in its own module (envs/__init__.py's contract): the settings that differ from
@@ -294,6 +294,47 @@ def lm_step(policy, opt, seqs, weights, amp):
     return loss.item()
 
 
+def training_data(cfg):
+    """(train suite, demonstration triples, mining examples) of the settings cfg: everything the SFT learns from."""
+    suite = envs.make(cfg["env"], "train", seed=cfg["seed"], **env_options(cfg))
+    text_prompter = Prompter(None, suite.description, history=cfg["history"])
+    skilled = bool(envs.module_attr(cfg["env"], "SKILLS"))
+    rare = rare_keys(cfg) if skilled else ()
+    triples = demonstrations(suite, cfg["demos"], cfg["seed"], text_prompter.text, cfg["noise"],
+                             cfg["skill_frac"] if skilled else 0.0, rare, cfg["rare_plain"], cfg["rare_naive"],
+                             cfg["wrong_frac"])
+    mining = mining_examples(suite, round(cfg["mine_frac"] * cfg["demos"]), cfg["seed"]) if skilled else []
+    return suite, triples, mining
+
+
+SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "policies")  # policies/<env>/: built weights
+
+
+def recipe(cfg, triples, mining):
+    """A hash of the settings and of the training data they generate (demonstrations, mining examples): what a
+    shipped policy records, so that a test (tests/test_shipped.py) can show it is what build() makes now."""
+    h = hashlib.sha1(json.dumps(cfg, sort_keys=True).encode())
+    for x in list(triples) + list(mining):
+        h.update(json.dumps(x).encode())
+    return h.hexdigest()[:16]
+
+
+def use_shipped(out, cfg, rec, key):
+    """Copy the policy shipped in policies/<env>/ into `out` if it was built from this recipe; its path or None.
+    (Built there by `python bootstrap.py --out policies/household --threads 1 --ship`.)"""
+    src = os.path.join(SHIPPED, cfg["env"])
+    meta = os.path.join(src, "bootstrap.json")
+    if os.path.abspath(out) == os.path.abspath(src) or not os.path.exists(meta) or json.load(open(meta)).get("recipe") != rec:
+        return None
+    shutil.rmtree(out + ".tmp", ignore_errors=True)
+    shutil.copytree(src, out + ".tmp")
+    with open(os.path.join(out + ".tmp", "bootstrap.json"), "w") as f:
+        json.dump({**json.load(open(meta)), "key": key}, f, indent=2)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(out + ".tmp", out)
+    return src
+
+
 def build(out, quiet=False, **kw):
     """Build (or reuse) the embedded policy in `out`; returns the checkpoint directory."""
     cfg = settings(**kw)
@@ -311,15 +352,13 @@ def build(out, quiet=False, **kw):
     log = (lambda *a: None) if quiet else (lambda *a: print("[bootstrap]", *a, flush=True))
     t0 = time.time()
     torch.manual_seed(cfg["seed"])
-    suite = envs.make(cfg["env"], "train", seed=cfg["seed"], **env_options(cfg))
-    text_prompter = Prompter(None, suite.description, history=cfg["history"])
-    rare = rare_keys(cfg) if skilled else ()
-    triples = demonstrations(suite, cfg["demos"], cfg["seed"], text_prompter.text, cfg["noise"],
-                             cfg["skill_frac"] if skilled else 0.0, rare, cfg["rare_plain"], cfg["rare_naive"],
-                             cfg["wrong_frac"])
-    mining = mining_examples(suite, round(cfg["mine_frac"] * cfg["demos"]), cfg["seed"]) if skilled else []
+    suite, triples, mining = training_data(cfg)
     log(f"{len(triples)} expert steps from {cfg['demos']} episodes "
         f"({sum(s is not None for _, s, _ in triples)} with a skill block); {len(mining)} mining examples")
+    rec = recipe(cfg, triples, mining)
+    if shipped := use_shipped(out, cfg, rec, key):
+        log(f"the settings and data of the policy shipped in {shipped}: copied, not rebuilt -> {out}")
+        return out
 
     tmp = out + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -361,7 +400,7 @@ def build(out, quiet=False, **kw):
             log(f"sft step {step:4d} loss {loss:.4f} lr {opt.param_groups[0]['lr']:.2e} ({time.time() - t0:.0f} s)")
     policy.eval()
     M.save(policy, tmp)
-    json.dump(dict(key=key, settings=cfg, params=n_params, demo_steps=len(triples), mining_examples=len(mining), build_s=time.time() - t0),
+    json.dump(dict(key=key, recipe=rec, settings=cfg, params=n_params, demo_steps=len(triples), mining_examples=len(mining), build_s=time.time() - t0),
               open(os.path.join(tmp, "bootstrap.json"), "w"), indent=2)
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
