@@ -23,7 +23,6 @@ BASELINES = {"d2skill": d2skill.D2Skill, "reskill": reskill.ReSkill}  # other sk
 # --quick: every phase of the pipeline in minutes on 2 cores (numbers from it are a smoke test, not results)
 QUICK = dict(out="runs/quick", iters=4, groups=4, group_size=4, max_steps=30, eval_every=0, eval_tasks=30,
              final_eval_tasks=30, phase1_min_frac=0.25, mine_every=1, lambda_ramp=1)
-QUICK_BOOTSTRAP = dict(demos=300, sft_steps=200)
 # flags that --help lists by name only (their help: --help-all)
 ADVANCED = ("--max-prompt-tokens", "--warmup", "--weighting", "--recompute-old-logp", "--max-bad-steps", "--env-errors", "--alfworld-games",
             "--eval-max-steps", "--save-every", "--lora-rank", "--lora-alpha")
@@ -69,7 +68,7 @@ def parser(doc=None, algo="siri", full=False):
         help="only evaluate (plain prompt, --final-eval-tasks per split) and exit: the policy in the run's "
              "ckpt/ if there is one, else --model (else the embedded policy); writes eval.json there")
     add(g, "--quick", action="store_true",
-        help="a first look in minutes: a smaller bootstrap (QUICK_BOOTSTRAP) and run (QUICK: 4 iterations "
+        help="a first look in minutes: the shipped embedded policy and a short run (QUICK: 4 iterations "
              "of 4x4 episodes, every phase); flags given explicitly still win")
     g = p.add_argument_group("hardware")
     add(g, "--device", default="cpu", help="torch device")

@@ -91,7 +91,7 @@ import model as M
 import parallel as P
 import rollout as R
 import update as U
-from config import BASELINES, QUICK_BOOTSTRAP
+from config import BASELINES
 
 # GiGPO's advantage (gigpo.gigpo_advantages; docs/algorithm.md, "GiGPO"): the paper's values, not flags
 OMEGA = 1.0               # weight of the step (anchor-state) advantage; GRPO: 0
@@ -525,7 +525,7 @@ def load_models(a, dev, ckpt):
     init_path = a.model
     if not init_path:
         import bootstrap
-        kw = {"env": a.env, "seed": a.seed, "history": a.history, **(QUICK_BOOTSTRAP if a.quick else {})}
+        kw = {"env": a.env, "seed": a.seed, "history": a.history}
         init_path = os.path.join(a.out, "policy")
         if P.master():
             bootstrap.build(init_path, **kw)
