@@ -115,8 +115,9 @@ class Engine:
         ctx = M.AttnContext(self.backend, pos, cache=M.KVCache(c.k[:, :b], c.v[:, :b], seqlens, c.heads_first),
                             extend=True)
         if self.backend == "sdpa":  # (b, 1, 1, S) 0 where visible, -inf past each row's length
-            slot = torch.arange(S, device=pos.device)
-            ctx.bias = torch.zeros(b, 1, 1, S, device=pos.device).masked_fill(slot > pos[:, None, :, None], float("-inf"))
+            slot, dtype = torch.arange(S, device=pos.device), torch.float32 if pos.device.type == "cpu" else c.k.dtype
+            ctx.bias = torch.zeros(b, 1, 1, S, device=pos.device, dtype=dtype).masked_fill(
+                slot > pos[:, None, :, None], float("-inf"))  # float32 for CPU's matmul path, else SDPA's dtype
         self.logits[:b] = self.model(self.ids[:b], ctx, out_idx=torch.arange(b, device=pos.device))
         seqlens += 1
 

@@ -177,6 +177,9 @@ class AttnContext:
     bias: torch.Tensor | None = None  # SDPA-backend extend: (B, 1, T, S) float32, 0 where visible, -inf not
 
 
+DECODE_SDPA = None  # decode attention through one SDPA kernel: None = on CUDA (tests force it on CPU)
+
+
 def attention(q, k, v, layer, ctx):
     """q: (B, T, H, D); k, v: (B, T, H_kv, D), RoPE applied. Returns (B, T, H, D).
 
@@ -192,15 +195,19 @@ def attention(q, k, v, layer, ctx):
         slots = c.seqlens.long()[:, None] + torch.arange(T, device=q.device)  # (B, T)
         rows = torch.arange(B, device=q.device)[:, None]
         c.k[layer][rows, slots], c.v[layer][rows, slots] = k, v
-        # A few queries against the cache: plain matmul-softmax-matmul with the G query heads of each
-        # kv head folded into rows. For one query per row this is 2x faster than SDPA's CPU kernel.
+        # A few queries against the cache, the G query heads of each kv head folded into rows. CPU: plain
+        # matmul-softmax-matmul, 2x faster than SDPA's CPU kernel for one query per row. CUDA: one fused SDPA
+        # kernel (scores in float32 inside, as transformers'; the matmul path rounds them to bf16 first).
         S, Hkv, D = ctx.bias.shape[-1], k.shape[2], q.shape[-1]
         G = q.shape[2] // Hkv
         kk, vv = c.k[layer, :, :S].transpose(1, 2), c.v[layer, :, :S].transpose(1, 2)  # (B, Hkv, S, D)
         qq = q.view(B, T, Hkv, G, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, G * T, D)  # row g*T + t
         bias = ctx.bias if T == 1 else ctx.bias.repeat(1, 1, G, 1)  # (B, 1, G*T, S)
-        att = ((qq @ kk.transpose(-1, -2)).float() * D ** -0.5 + bias).softmax(-1)  # (B, Hkv, G*T, S)
-        o = att.to(vv.dtype) @ vv  # (B, Hkv, G*T, D)
+        if q.is_cuda if DECODE_SDPA is None else DECODE_SDPA:
+            o = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=bias.to(qq.dtype))  # (B, Hkv, G*T, D)
+        else:
+            att = ((qq @ kk.transpose(-1, -2)).float() * D ** -0.5 + bias).softmax(-1)  # (B, Hkv, G*T, S)
+            o = att.to(vv.dtype) @ vv  # (B, Hkv, G*T, D)
         return o.view(B, Hkv, G, T, D).permute(0, 3, 1, 2, 4).reshape(B, T, Hkv * G, D)
     if ctx.cu_seqlens is not None:  # packed fresh sequences (flash varlen)
         if c is not None:

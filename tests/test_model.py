@@ -325,6 +325,20 @@ def test_engine_equals_previous_engine(tmp_path, monkeypatch, static, temperatur
         assert m._engine.rows == 16  # the kept engine: 11 rows in bucket 16
 
 
+def test_fused_decode_attention_equals_matmul_path(tmp_path, monkeypatch):
+    """The decode attention through one SDPA kernel (CUDA's path) gives the CPU matmul path's tokens and
+    log-probs (float32, static steps, ragged prompts, sampled)."""
+    make_hf("qwen2-gqa", tmp_path)
+    m = M.load(str(tmp_path), attn_backend="sdpa")
+    seqs = prompts(9, lo=2, hi=50, seed=24)
+    run = lambda: E.generate(m, seqs, 20, 1.0, generator=torch.Generator().manual_seed(6), static=True)
+    plain = run()
+    monkeypatch.setattr(M, "DECODE_SDPA", True)
+    fused = run()
+    assert torch.equal(plain.tokens, fused.tokens)
+    torch.testing.assert_close(plain.logprobs, fused.logprobs, atol=1e-5, rtol=0)
+
+
 def test_static_step_keeps_its_engine_and_rebuilds_when_outgrown(tmp_path):
     """Static mode keeps one engine on the model between calls and reuses it when it is big enough; a call
     with more rows or longer sequences replaces it; results do not depend on what an earlier call left in it."""
