@@ -20,7 +20,7 @@ Sections (each in its own try/except and time guard, so one failure still report
            reference log-probs with adapters off, and a PPO-shaped loss backward over all rows + AdamW;
            peak memory and seconds for generation and training
 
-    python bootstrap.py --out runs/gpu_policy       # (CPU, once) the embedded policy for the siri section
+    (the siri section plays the shipped embedded policy, policies/household)
     python gpu_check.py --out results/              # on the GPU machine
     python gpu_check.py --smoke                     # tiny shapes on CPU: the whole script in a minute
 """
@@ -344,7 +344,7 @@ def main():
     p.add_argument("--smoke", action="store_true", help="tiny shapes, CPU allowed: test the script itself")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--sections", nargs="+", default=["parity", "graphs", "bench", "siri", "lora7b", "train7b"])
-    p.add_argument("--policy", default="runs/gpu_policy", help="embedded policy checkpoint (bootstrap.py --out)")
+    p.add_argument("--policy", default="policies/household", help="embedded policy checkpoint (the shipped default)")
     p.add_argument("--bandwidth", type=float, default=4.8e12, help="memory bandwidth, bytes/s (H200: 4.8e12)")
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--micro", type=int, default=16, help="rows per training micro-batch in the LoRA step")
