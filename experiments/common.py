@@ -79,11 +79,15 @@ def by_type(tasks, wins):
     return {k: dict(n=len(v), success=sum(v) / len(v)) for k, v in sorted(out.items())}
 
 
+COMMIT = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                        cwd=os.path.dirname(RESULTS)).stdout.strip()  # the code the experiment started from
+
+
 def write(name, result):
     """results/<name>.json, atomically, with the command and commit behind it."""
     import sys
     os.makedirs(RESULTS, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = COMMIT
     module = "experiments." + os.path.basename(sys.argv[0]).removesuffix(".py")
     result = dict(command=" ".join(["python -m", module] + sys.argv[1:]), commit=commit,
                   date=time.strftime("%Y-%m-%d"), **result)

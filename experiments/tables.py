@@ -30,7 +30,7 @@ def pm(m, se):
 
 
 def source(r):
-    return f"\n`{r['command']}` ({r['date']}, commit {r['commit']})\n"
+    return f"\n`{r['command']}` ({r['date']}, commit {r['commit']})" + (f"; {r['note']}" if r.get("note") else "") + "\n"
 
 
 def follow(r):
