@@ -30,13 +30,16 @@ def held_out(types=SKILL_TYPES, per_split=150, seed=0, env="household"):
     return out
 
 
-def load(path, threads=0):
+def load(path, threads=0, tokenizer=None):
+    """(policy, tokenizer, history) of a bootstrap.py policy or a train.py checkpoint (tokenizer: the directory
+    of the policy it started from; a checkpoint holds the weights only)."""
     from transformers import AutoTokenizer
     if threads:
         torch.set_num_threads(threads)
-    policy, tok = M.load(path).eval(), AutoTokenizer.from_pretrained(path)
-    history = json.load(open(os.path.join(path, "bootstrap.json")))["settings"]["history"] \
-        if os.path.exists(os.path.join(path, "bootstrap.json")) else 2
+    tokenizer = tokenizer or path
+    policy, tok = M.load(path).eval(), AutoTokenizer.from_pretrained(tokenizer)
+    meta = os.path.join(tokenizer, "bootstrap.json")
+    history = json.load(open(meta))["settings"]["history"] if os.path.exists(meta) else 2
     return policy, tok, history
 
 
@@ -109,8 +112,9 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--per-split", type=int, default=150)
     p.add_argument("--skill", action="store_true", help="the reference skill of each task's type in the prompt")
+    p.add_argument("--tokenizer", default=None, help="the starting policy's directory, for a train.py checkpoint")
     a = p.parse_args()
-    policy, tok, history = load(a.policy, 1)
+    policy, tok, history = load(a.policy, 1, a.tokenizer)
     tasks = held_out(SKILL_TYPES, a.per_split)
     fn = (lambda t: R.format_skill(bootstrap.reference_skill(t.task_type))) if a.skill else None
     with open(a.out + ".tmp", "w") as f:

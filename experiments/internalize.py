@@ -34,18 +34,20 @@ def oracle_bank(path, types):
     return path
 
 
-def evaluate(policy, path, per_split, skill=False):
+def evaluate(policy, path, per_split, skill=False, tokenizer=None):
     """Per-task outcomes on held_out() in a subprocess (one thread), cached in `path`."""
     if not os.path.exists(path):
         subprocess.run([sys.executable, "-m", "experiments.common", "--policy", policy, "--out", path,
-                        "--per-split", str(per_split)] + (["--skill"] if skill else []), check=True)
+                        "--per-split", str(per_split)] + (["--skill"] if skill else [])
+                       + (["--tokenizer", tokenizer] if tokenizer else []), check=True)
     return json.load(open(path))
 
 
 def train(policy, out, seed, lam, bank, types, a):
     """One train.py run (a subprocess, so that runs can share the cores one thread each), then its evaluation."""
     if os.path.exists(os.path.join(out, "final.json")):
-        return out, evaluate(os.path.join(out, "ckpt"), os.path.join(out, "held_out.json"), a.per_split)
+        return out, evaluate(os.path.join(out, "ckpt"), os.path.join(out, "held_out.json"), a.per_split,
+                        tokenizer=policy)
     cmd = [sys.executable, "train.py", "--model", policy, "--out", out, "--seed", str(seed), "--iters", str(a.iters),
            "--groups", str(a.groups), "--group-size", str(a.group_size), "--bank", bank,
            "--train-types", ",".join(types), "--phase2-frac", "1.0", "--lambda-max", str(lam),
@@ -54,7 +56,8 @@ def train(policy, out, seed, lam, bank, types, a):
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "stdout.log"), "w") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
-    return out, evaluate(os.path.join(out, "ckpt"), os.path.join(out, "held_out.json"), a.per_split)
+    return out, evaluate(os.path.join(out, "ckpt"), os.path.join(out, "held_out.json"), a.per_split,
+                        tokenizer=policy)
 
 
 def main():
