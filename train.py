@@ -479,8 +479,6 @@ def make_suites(a):
     """The training suite (--train-tasks, --train-types) and the two held-out suites, and --bank's skill bank:
     built before the policy, so a missing or broken data file ends the run at once, in one line."""
     env_kw = envs.flag_options(a.env, a)  # the options the env module's FLAGS names (shop: --webshop-data)
-    if a.env == "alfworld" and not env_kw:  # (until envs/alfworld.py declares its FLAGS)
-        env_kw = {"data": a.alfworld_data, "games": a.alfworld_games}
     try:
         train = envs.make(a.env, "train", seed=a.seed, **({"n_tasks": a.train_tasks} if a.train_tasks else {}), **env_kw)
         evals = {s: envs.make(a.env, s, n_tasks=a.final_eval_tasks, seed=a.seed, **env_kw)

@@ -84,6 +84,7 @@ from envs import alfworld_gen as gen
 MAX_STEPS = 50
 DESCRIPTION = "the ALFRED Embodied Environment"  # GiGPO's ALFWorld prompt phrase (the prompt's <env>)
 DEFAULT_N_TASKS = {"train": 3553, "eval_seen": 140, "eval_unseen": 134}  # ALFWorld's split sizes
+FLAGS = {"data": "alfworld_data", "games": "alfworld_games"}  # make_tasks option -> train.py flag
 DEFAULT_GAMES = os.path.join("runs", "alfworld_games")
 # $ALFWORLD_DATA as the user set it, read at import: importing the alfworld package sets it to ~/.cache/alfworld
 # when it is unset (alfworld/info.py), after which its presence says nothing.
