@@ -100,6 +100,9 @@ def main():
         summary[cond] = dict(success=m, se=se, gap_closed=(m - p0) / gap if gap else None)
     d = C.paired([runs[f"control_s{s}"]["success"] for s in a.seeds], [runs[f"lint_s{s}"]["success"] for s in a.seeds])
     summary["lint - control"] = dict(mean=d[0], se=d[1], unit="seed")
+    t = C.paired([w for s in a.seeds for w in runs[f"control_s{s}"]["wins"]],
+                 [w for s in a.seeds for w in runs[f"lint_s{s}"]["wins"]])
+    summary["lint - control, per task"] = dict(mean=t[0], se=t[1], unit="task (evaluation noise only)")
     for k, v in summary.items():
         print(k, v)
     C.write(a.name, dict(policy=a.policy, types=[C.SHORT[t] for t in types], n_tasks=len(tasks), seeds=a.seeds,

@@ -58,9 +58,14 @@ def internalize(r):
              f"{s['skill']:.3f} | 1 |"]
     for cond, label in (("lint", "L_int (lambda_max 1)"), ("control", "control (lambda_max 0)")):
         v = r["summary"][cond]
-        lines.append(f"| {label} | {pm(v['success'], v['se'])} | {v['gap_closed']:.2f} |")
+        lines.append(f"| {label} | {pm(v['success'], v['se']) if len(r['seeds']) > 1 else format(v['success'], '.3f')} | "
+                     f"{v['gap_closed']:.2f} |")
     d = r["summary"]["lint - control"]
-    lines.append(f"\nL_int - control, paired over seeds: {d['mean']:+.3f} +- {d['se']:.3f}")
+    lines.append(f"\nL_int - control, paired over seeds: {d['mean']:+.3f} +- {d['se']:.3f}"
+                 + (" (one seed: no standard error over seeds)" if len(r["seeds"]) == 1 else ""))
+    if "lint - control, per task" in r["summary"]:
+        d = r["summary"]["lint - control, per task"]
+        lines[-1] += f"; paired per task (evaluation noise only): {d['mean']:+.3f} +- {d['se']:.3f}"
     return "\n".join(lines) + "\n" + source(r)
 
 
