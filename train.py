@@ -273,8 +273,9 @@ class Siri(Skills):
         if phase == self.phase:
             return
         why = {1: f"success buffer {len(self.buffer)} >= n_req {a.n_req}", 2: f"the last {a.iters - self.p2} iterations"}
-        why = why[phase] + (f"; phase 1 skipped: success buffer {len(self.buffer)} < n_req {a.n_req}"
-                            if self.phase == 0 and phase == 2 else "")
+        n = len(self.buffer)
+        skipped = f"success buffer {n} < n_req {a.n_req}" if n < a.n_req else "phase 2 is due first"
+        why = why[phase] + (f"; phase 1 skipped: {skipped}" if self.phase == 0 and phase == 2 else "")
         self.log.event(it + 1, "phase", **{"from": self.phase, "to": phase, "reason": why})
         self.phase = phase
         if self.phase1_start is None:
