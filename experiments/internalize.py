@@ -44,20 +44,19 @@ def evaluate(policy, path, per_split, skill=False, tokenizer=None):
 
 
 def train(policy, out, seed, lam, bank, types, a):
-    """One train.py run (a subprocess, so that runs can share the cores one thread each), then its evaluation."""
-    if os.path.exists(os.path.join(out, "final.json")):
-        return out, evaluate(os.path.join(out, "ckpt"), os.path.join(out, "held_out.json"), a.per_split,
-                        tokenizer=policy)
-    cmd = [sys.executable, "train.py", "--model", policy, "--out", out, "--seed", str(seed), "--iters", str(a.iters),
-           "--groups", str(a.groups), "--group-size", str(a.group_size), "--bank", bank,
-           "--train-types", ",".join(types), "--phase2-frac", "1.0", "--lambda-max", str(lam),
-           "--mine-every", str(10 ** 6),
-           "--eval-every", "0", "--eval-tasks", "8", "--final-eval-tasks", "8", "--threads", "1"] + a.extra
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "stdout.log"), "w") as log:
-        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+    """One train.py run (a subprocess, so that runs can share the cores one thread each; skipped when it
+    finished before), then its evaluation."""
+    if not os.path.exists(os.path.join(out, "final.json")):
+        cmd = [sys.executable, "train.py", "--model", policy, "--out", out, "--seed", str(seed), "--iters",
+               str(a.iters), "--groups", str(a.groups), "--group-size", str(a.group_size), "--bank", bank,
+               "--train-types", ",".join(types), "--phase2-frac", "1.0", "--lambda-max", str(lam),
+               "--mine-every", str(10 ** 6), "--eval-every", "0", "--eval-tasks", "8", "--final-eval-tasks", "8",
+               "--threads", "1"] + a.extra
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "stdout.log"), "w") as log:
+            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
     return out, evaluate(os.path.join(out, "ckpt"), os.path.join(out, "held_out.json"), a.per_split,
-                        tokenizer=policy)
+                         tokenizer=policy)
 
 
 def main():
