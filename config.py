@@ -25,7 +25,7 @@ QUICK = dict(out="runs/quick", iters=4, groups=4, group_size=4, max_steps=30, ev
              final_eval_tasks=30, phase1_min_frac=0.25, mine_every=1, lambda_ramp=1)
 # flags that --help lists by name only (their help: --help-all)
 ADVANCED = ("--max-prompt-tokens", "--warmup", "--weighting", "--recompute-old-logp", "--max-bad-steps", "--env-errors", "--alfworld-games",
-            "--eval-max-steps", "--save-every", "--lora-rank", "--lora-alpha")
+            "--eval-max-steps", "--save-every", "--lora-rank", "--lora-alpha", "--distill")
 
 
 def check_checkpoint_dir(p, flag, d):
@@ -149,6 +149,8 @@ def parser(doc=None, algo="siri", full=False):
         help="start from this skill bank (the bank.json a run's checkpoint holds, e.g. hand-written reference "
              "skills already active) instead of an empty one")
     add(g, "--lambda-max", type=float, default=1.0, help="L_int coefficient after the ramp (0: no L_int, the control)")
+    add(g, "--distill", choices=("kl", "nll"), default="kl",
+        help="L_int's form: full-vocabulary KL(teacher || student), or the NLL of the sampled token (no teacher)")
     add(g, "--lambda-ramp", type=int, default=2, help="phase-2 iterations over which lambda ramps up to max")
     for name, key, mod in (("D2Skill (--algo d2skill; baselines/d2skill.py)", "d2skill", d2skill),
                            ("ReSkill (--algo reskill; baselines/reskill.py)", "reskill", reskill)):

@@ -17,8 +17,8 @@ non-finite loss or gradient norm is skipped on every rank alike.
 
 The constants below are GiGPO's (PPO clip 0.2 both sides, dual clip 3.0, entropy bonus 0.001, AdamW weight
 decay 0.01, gradient clip 1.0) and SIRI's unpublished choices for L_int (full-vocabulary KL, advantage cap
-c = 1.0); nobody needs them as flags. DISTILL = "nll" selects the weighted NLL of the sampled token under the
-student context instead (no teacher forward).
+c = 1.0); nobody needs them as flags. L_int's form is the flag --distill: "kl" (default), or "nll", the weighted
+NLL of the sampled token under the student context (no teacher forward).
 """
 
 import math
@@ -35,7 +35,6 @@ DUAL_CLIP = 3.0       # dual-clip bound for negative advantages
 ENTROPY_COEF = 0.001  # entropy bonus
 WEIGHT_DECAY = 0.01   # AdamW
 GRAD_CLIP = 1.0       # gradient norm clip per mini-batch
-DISTILL = "kl"        # L_int: "kl" = KL(teacher || student) over the vocabulary, "nll" = sampled-token NLL
 ADV_CAP = 1.0         # c in the distillation token weight clip(A, 0, c)
 
 
@@ -70,13 +69,13 @@ def internalization_loss(policy, steps, w, blocks, total_weight, a):
     student = [D.strip_skill(s.prompt, blocks[s.skill]) if s.skill in blocks else s.prompt for s in steps]
     w = w[:, :max(1, max(map(len, resps)))]  # (B, R) as the log-probs below
     with amp(a):
-        if DISTILL == "kl":
+        if a.distill == "kl":
             with torch.no_grad():
                 teacher = D.vocab_logprobs(policy, [s.prompt for s in steps], resps, a.temperature)  # (B, R, V)
             stud = D.vocab_logprobs(policy, student, resps, a.temperature)  # (B, R, V)
         else:  # nll: the sampled token under the student context, no teacher forward
             teacher, stud = None, M.score(policy, student, resps, temperature=a.temperature)[0]  # (B, R)
-    return D.distill_loss(stud, teacher, w.to(stud.device), kind=DISTILL, total_weight=total_weight)
+    return D.distill_loss(stud, teacher, w.to(stud.device), kind=a.distill, total_weight=total_weight)
 
 
 def gates(steps, mb, delta, adv):

@@ -18,6 +18,17 @@ from experiments import common as C
 
 ALGOS = {"SIRI": ["--algo", "siri"], "GiGPO": ["--algo", "gigpo"], "GRPO": ["--algo", "grpo"]}
 SPLITS = ("eval_seen", "eval_unseen")
+HC = "heat+cool"  # the skill-dependent types, both splits pooled
+
+
+def rare(final):
+    """Success on the skill-dependent types (C.SKILL_TYPES) over both held-out splits of a final.json."""
+    won = n = 0
+    for sp in SPLITS:
+        for t in C.SKILL_TYPES:
+            k = final[sp]["by_type_n"].get(t, 0)
+            won, n = won + final[sp]["by_type"].get(t, 0.0) * k, n + k
+    return won / max(n, 1)
 
 
 def run(policy, out, seed, flags, a):
@@ -29,6 +40,18 @@ def run(policy, out, seed, flags, a):
         with open(os.path.join(out, "stdout.log"), "w") as log:
             subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
     return json.load(open(os.path.join(out, "final.json")))
+
+
+def start(policy, out, a):
+    """The starting policy's plain-prompt success on the same tasks (train.py --eval-only), cached in out."""
+    path = os.path.join(out, "eval.json")
+    if not os.path.exists(path):
+        os.makedirs(out, exist_ok=True)
+        cmd = [sys.executable, "train.py", "--model", policy, "--out", out, "--eval-only", "--final-eval-tasks",
+               str(a.eval_tasks), "--threads", "1"] + a.extra
+        with open(os.path.join(out, "stdout.log"), "w") as log:
+            subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
+    return json.load(open(path))
 
 
 def main():
@@ -47,24 +70,31 @@ def main():
     a = p.parse_args()
     jobs = [(algo, s) for s in a.seeds for algo in a.algos]
     with ThreadPoolExecutor(a.workers) as ex:
+        first = ex.submit(start, a.policy, os.path.join(a.out, "start"), a)
         finals = list(ex.map(lambda j: run(a.policy, os.path.join(a.out, f"{j[0].lower()}_s{j[1]}"), j[1],
                                            ALGOS[j[0]], a), jobs))
+        first = first.result()
     res = {f"{algo}_s{s}": f for (algo, s), f in zip(jobs, finals)}
-    summary = {}
+    for f in res.values():
+        f[HC] = dict(success=rare(f))
+    cols = SPLITS + (HC,)
+    first[HC] = dict(success=rare(first))
+    summary = {"start (iteration 0)": {sp: (first[sp]["success"], 0.0) for sp in cols}}
     for algo in a.algos:
-        summary[algo] = {sp: C.mean_se([res[f"{algo}_s{s}"][sp]["success"] for s in a.seeds]) for sp in SPLITS}
+        summary[algo] = {sp: C.mean_se([res[f"{algo}_s{s}"][sp]["success"] for s in a.seeds]) for sp in cols}
     for algo in a.algos:
         if algo != "SIRI" and "SIRI" in a.algos:
             summary[f"SIRI - {algo} (paired)"] = {
                 sp: C.paired([res[f"{algo}_s{s}"][sp]["success"] for s in a.seeds],
-                             [res[f"SIRI_s{s}"][sp]["success"] for s in a.seeds]) for sp in SPLITS}
+                             [res[f"SIRI_s{s}"][sp]["success"] for s in a.seeds]) for sp in cols}
     for k, v in summary.items():
         print(k, {sp: f"{m:.3f} +- {se:.3f}" for sp, (m, se) in v.items()}, flush=True)
     desc = (f"From `{a.policy}`: {a.iters} iterations of {a.groups} x {a.group_size} episodes, seeds {a.seeds}, "
-            f"plain-prompt success on the first {a.eval_tasks} tasks of each held-out split (mean over seeds).")
+            f"plain-prompt success on the first {a.eval_tasks} tasks of each held-out split (mean over seeds; "
+            f"{HC}: those of the skill-dependent types, both splits).")
     C.write(a.name, dict(policy=a.policy, seeds=a.seeds, iters=a.iters, groups=a.groups, group_size=a.group_size,
-                         eval_tasks=a.eval_tasks, extra=a.extra, splits=list(SPLITS), description=desc,
-                         summary=summary, runs=res))
+                         eval_tasks=a.eval_tasks, extra=a.extra, splits=list(cols), description=desc,
+                         summary=summary, start=first, runs=res))
 
 
 if __name__ == "__main__":

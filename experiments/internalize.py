@@ -2,13 +2,15 @@
 
 An oracle bank (the reference skill of each skill-dependent type, already active) replaces mining (off:
 --mine-every beyond the run) and validation; training tasks are those types only; every group is paired (half its rollouts with the skill) and
-phase 2 runs from the first iteration. Two conditions per seed, on the same tasks and rollout seeds:
-    L_int    --lambda-max 1 (the default schedule)
-    control  --lambda-max 0: the same paired rollouts and base loss, no distillation.
+phase 2 runs from the first iteration. Conditions per seed, on the same tasks and rollout seeds (--conds):
+    lint     --lambda-max 1 (the default schedule), L_int = the full-vocabulary KL (the default)
+    control  --lambda-max 0: the same paired rollouts and base loss, no distillation
+    nll      --lambda-max 1 --distill nll: L_int = the weighted NLL of the sampled token under the plain prompt
 Each trained policy is then evaluated with the plain prompt on the same held-out tasks of those types (and
 the starting policy with the plain prompt and with the skill, which define the gap to close).
 
     python -m experiments.internalize --policy runs/policy --seeds 0 1 2     # -> results/internalize.json
+    python -m experiments.internalize --policy runs/policy --conds lint control nll   # + the NLL variant
 """
 
 import argparse
@@ -43,15 +45,18 @@ def evaluate(policy, path, per_split, skill=False, tokenizer=None):
     return json.load(open(path))
 
 
-def train(policy, out, seed, lam, bank, types, a):
+CONDS = {"lint": ["--lambda-max", "1"], "control": ["--lambda-max", "0"],
+         "nll": ["--lambda-max", "1", "--distill", "nll"]}
+
+
+def train(policy, out, seed, flags, bank, types, a):
     """One train.py run (a subprocess, so that runs can share the cores one thread each; skipped when it
     finished before), then its evaluation."""
     if not os.path.exists(os.path.join(out, "final.json")):
         cmd = [sys.executable, "train.py", "--model", policy, "--out", out, "--seed", str(seed), "--iters",
                str(a.iters), "--groups", str(a.groups), "--group-size", str(a.group_size), "--bank", bank,
-               "--train-types", ",".join(types), "--phase2-frac", "1.0", "--lambda-max", str(lam),
-               "--mine-every", str(10 ** 6), "--eval-every", "0", "--eval-tasks", "8", "--final-eval-tasks", "8",
-               "--threads", "1"] + a.extra
+               "--train-types", ",".join(types), "--phase2-frac", "1.0", "--mine-every", str(10 ** 6),
+               "--eval-every", "0", "--eval-tasks", "8", "--final-eval-tasks", "8", "--threads", "1"] + flags + a.extra
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "stdout.log"), "w") as log:
             subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
@@ -66,6 +71,7 @@ def main():
     p.add_argument("--iters", type=int, default=8)
     p.add_argument("--groups", type=int, default=4)
     p.add_argument("--group-size", type=int, default=8)
+    p.add_argument("--conds", nargs="+", default=["lint", "control"], choices=list(CONDS))
     p.add_argument("--per-split", type=int, default=150, help="held-out tasks of the types per split")
     p.add_argument("--workers", type=int, default=2, help="training runs at once (one thread each)")
     p.add_argument("--out", default="runs/internalize")
@@ -75,17 +81,18 @@ def main():
     types = C.SKILL_TYPES
     os.makedirs(a.out, exist_ok=True)
     bank = oracle_bank(os.path.join(a.out, "oracle_bank.json"), types)
-    jobs = [(s, c, lam) for s in a.seeds for c, lam in (("lint", 1.0), ("control", 0.0))]
+    assert "control" in a.conds, "every condition is compared with the control"
+    jobs = [(s, c) for s in a.seeds for c in a.conds]
     with ThreadPoolExecutor(a.workers) as ex:
-        outs = ex.map(lambda j: train(a.policy, os.path.join(a.out, f"{j[1]}_s{j[0]}"), j[0], j[2], bank, types, a),
-                      jobs)
+        outs = ex.map(lambda j: train(a.policy, os.path.join(a.out, f"{j[1]}_s{j[0]}"), j[0], CONDS[j[1]], bank,
+                                      types, a), jobs)
         start = ex.map(lambda c: evaluate(a.policy, os.path.join(a.out, f"start_{c}.json"), a.per_split, c == "skill"),
                        ("plain", "skill"))
         outs, start = list(outs), dict(zip(("plain", "skill"), start))
     tasks = C.held_out(types, a.per_split)
     runs = {}
-    for (seed, cond, lam), (out, w) in zip(jobs, outs):
-        runs[f"{cond}_s{seed}"] = dict(seed=seed, cond=cond, lambda_max=lam, wins=w, success=sum(w) / len(w),
+    for (seed, cond), (out, w) in zip(jobs, outs):
+        runs[f"{cond}_s{seed}"] = dict(seed=seed, cond=cond, flags=CONDS[cond], wins=w, success=sum(w) / len(w),
                                        by_type=C.by_type(tasks, w),
                                        metrics=[json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))
                                                 if '"success"' in l and '"eval"' not in l])
@@ -93,19 +100,21 @@ def main():
     p0, s0 = (sum(v) / len(v) for v in (start["plain"], start["skill"]))
     gap = s0 - p0
     summary = {}
-    for cond in ("lint", "control"):
+    for cond in a.conds:
         xs = [runs[f"{cond}_s{s}"]["success"] for s in a.seeds]
         m, se = C.mean_se(xs)
         summary[cond] = dict(success=m, se=se, gap_closed=(m - p0) / gap if gap else None)
-    d = C.paired([runs[f"control_s{s}"]["success"] for s in a.seeds], [runs[f"lint_s{s}"]["success"] for s in a.seeds])
-    summary["lint - control"] = dict(mean=d[0], se=d[1], unit="seed")
-    t = C.paired([w for s in a.seeds for w in runs[f"control_s{s}"]["wins"]],
-                 [w for s in a.seeds for w in runs[f"lint_s{s}"]["wins"]])
-    summary["lint - control, per task"] = dict(mean=t[0], se=t[1], unit="task (evaluation noise only)")
+    for cond in [c for c in a.conds if c != "control"]:
+        d = C.paired([runs[f"control_s{s}"]["success"] for s in a.seeds],
+                     [runs[f"{cond}_s{s}"]["success"] for s in a.seeds])
+        summary[f"{cond} - control"] = dict(mean=d[0], se=d[1], unit="seed")
+        t = C.paired([w for s in a.seeds for w in runs[f"control_s{s}"]["wins"]],
+                     [w for s in a.seeds for w in runs[f"{cond}_s{s}"]["wins"]])
+        summary[f"{cond} - control, per task"] = dict(mean=t[0], se=t[1], unit="task (evaluation noise only)")
     for k, v in summary.items():
         print(k, v)
     C.write(a.name, dict(policy=a.policy, types=[C.SHORT[t] for t in types], n_tasks=len(tasks), seeds=a.seeds,
-                         iters=a.iters, groups=a.groups, group_size=a.group_size, extra=a.extra,
+                         conds=a.conds, iters=a.iters, groups=a.groups, group_size=a.group_size, extra=a.extra,
                          start=dict(plain=p0, skill=s0, plain_by_type=C.by_type(tasks, start["plain"]),
                                     skill_by_type=C.by_type(tasks, start["skill"]), wins=start),
                          summary=summary, runs=runs))

@@ -8,11 +8,15 @@ miner (the policy itself, as SIRI does, or --miner: any model.py checkpoint, e.g
     correct       well-formed, its "when" names its own task type and no other (TYPE_WORDS), and its key steps
                   hold the type's required actions in order (REQUIRED), e.g. heat: take, heat, put.
 
+Won trajectories are collected per seed and cached in --out, so a second miner judges the same ones.
+
     python -m experiments.mining --policy runs/policy                          # -> results/mining.json
     python -m experiments.mining --policy runs/policy --miner runs/smol/hf --name mining_smollm2
 """
 
 import argparse
+import json
+import os
 import random
 import re
 
@@ -74,37 +78,66 @@ def own_wins(policy, tok, history, per_type, seed, rounds=12, batch=48):
     return [s for v in got.values() for s in v]
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--policy", required=True, help="the policy whose wins are mined")
-    p.add_argument("--miner", default=None, help="the model that writes skills (default: the policy)")
-    p.add_argument("--per-type", type=int, default=20, help="won trajectories per task type")
-    p.add_argument("--rounds", type=int, default=12, help="at most this many batches of 48 training episodes")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--name", default="mining")
-    a = p.parse_args()
-    policy, tok, history = C.load(a.policy, a.threads)
-    wins = own_wins(policy, tok, history, a.per_type, a.seed, a.rounds)
-    assert wins, "the policy won no training episode: nothing to mine"
-    miner, mtok, _ = C.load(a.miner) if a.miner else (policy, tok, history)
-    suite = envs.make("household", "train", seed=a.seed)
+def wins_of(policy, tok, history, a, seed):
+    """own_wins for one seed, cached as JSON in --out: every miner judges the same trajectories."""
+    path = os.path.join(a.out, f"wins_s{seed}.json")
+    if not os.path.exists(path):
+        wins = own_wins(policy, tok, history, a.per_type, seed, a.rounds)
+        os.makedirs(a.out, exist_ok=True)
+        json.dump([dict(task=w.task, task_type=w.task_type, actions=w.actions) for w in wins], open(path, "w"))
+    return [mine.Success(w["task"], w["task_type"], w["actions"], 0) for w in json.load(open(path))]
+
+
+def judged(miner, mtok, wins):
+    """One row per won trajectory: the miner's raw answer and its judgement (mine.mine's call, keeping the raw
+    answers: mine.mine drops what does not parse)."""
+    description = envs.make("household", "train", seed=0).description
+    with torch.no_grad():
+        answers = mine.write(miner, mtok, [mine.mining_prompt(description, w.task, w.actions) for w in wins])
     rows = []
-    with torch.no_grad():  # mine.mine's call, keeping the raw answers (mine.mine drops what does not parse)
-        answers = mine.write(miner, mtok, [mine.mining_prompt(suite.description, w.task, w.actions) for w in wins])
     for w, answer in zip(wins, answers):
-        skill = mine.parse_skill(answer)
-        ok, right = judge(skill, C.SHORT[w.task_type])
+        ok, right = judge(mine.parse_skill(answer), C.SHORT[w.task_type])
         rows.append(dict(type=C.SHORT[w.task_type], task=w.task, steps=len(w.actions), answer=answer,
                          well_formed=ok, correct=right))
+    return rows
+
+
+def summarize(runs):
+    """Per type: trajectories and shares pooled over seeds; "all": also the mean and standard error over seeds."""
+    rows = [r for rs in runs.values() for r in rs]
     summary = {}
     for t in sorted({r["type"] for r in rows}) + ["all"]:
         rs = [r for r in rows if t in ("all", r["type"])]
         summary[t] = dict(n=len(rs), well_formed=sum(r["well_formed"] for r in rs) / len(rs),
                           correct=sum(r["correct"] for r in rs) / len(rs))
-        print(t, summary[t], flush=True)
-    C.write(a.name, dict(policy=a.policy, miner=a.miner or a.policy, per_type=a.per_type, seed=a.seed,
-                         summary=summary, skills=rows))
+    for k in ("well_formed", "correct"):
+        summary["all"][k + "_seeds"] = C.mean_se([sum(r[k] for r in rs) / len(rs) for rs in runs.values()])
+    return summary
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--policy", required=True, help="the policy whose wins are mined")
+    p.add_argument("--miner", default=None, help="the model that writes skills (default: the policy)")
+    p.add_argument("--per-type", type=int, default=20, help="won trajectories per task type and seed")
+    p.add_argument("--rounds", type=int, default=12, help="at most this many batches of 48 training episodes")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default="runs/mining", help="cache of the won trajectories, per seed")
+    p.add_argument("--name", default="mining")
+    a = p.parse_args()
+    policy, tok, history = C.load(a.policy, a.threads)
+    miner, mtok, _ = C.load(a.miner) if a.miner else (policy, tok, history)
+    runs = {}
+    for seed in a.seeds:
+        wins = wins_of(policy, tok, history, a, seed)
+        assert wins, f"seed {seed}: the policy won no training episode: nothing to mine"
+        runs[str(seed)] = judged(miner, mtok, wins)
+    summary = summarize(runs)
+    for t, v in summary.items():
+        print(t, v, flush=True)
+    C.write(a.name, dict(policy=a.policy, miner=a.miner or a.policy, per_type=a.per_type, seeds=a.seeds,
+                         summary=summary, skills=runs))
 
 
 if __name__ == "__main__":

@@ -56,16 +56,17 @@ def internalize(r):
              "| policy | plain-prompt success | share of the gap closed |", "|---|---:|---:|",
              f"| start, plain prompt | {s['plain']:.3f} | 0 |", f"| start, reference skill in the prompt | "
              f"{s['skill']:.3f} | 1 |"]
-    for cond, label in (("lint", "L_int (lambda_max 1)"), ("control", "control (lambda_max 0)")):
+    labels = dict(lint="L_int, KL (lambda_max 1)", control="control (lambda_max 0)", nll="L_int, NLL (lambda_max 1)")
+    for cond in r.get("conds", ["lint", "control"]):
         v = r["summary"][cond]
-        lines.append(f"| {label} | {pm(v['success'], v['se']) if len(r['seeds']) > 1 else format(v['success'], '.3f')} | "
+        lines.append(f"| {labels[cond]} | {pm(v['success'], v['se']) if len(r['seeds']) > 1 else format(v['success'], '.3f')} | "
                      f"{v['gap_closed']:.2f} |")
-    d = r["summary"]["lint - control"]
-    lines.append(f"\nL_int - control, paired over seeds: {d['mean']:+.3f} +- {d['se']:.3f}"
-                 + (" (one seed: no standard error over seeds)" if len(r["seeds"]) == 1 else ""))
-    if "lint - control, per task" in r["summary"]:
-        d = r["summary"]["lint - control, per task"]
-        lines[-1] += f"; paired per task (evaluation noise only): {d['mean']:+.3f} +- {d['se']:.3f}"
+    lines.append("")
+    for cond in [c for c in r.get("conds", ["lint", "control"]) if c != "control"]:
+        d, t = r["summary"][f"{cond} - control"], r["summary"].get(f"{cond} - control, per task")
+        lines.append(f"- {labels[cond].split(' (')[0]} - control, paired over seeds: {d['mean']:+.3f} +- {d['se']:.3f}"
+                     + (" (one seed: no standard error over seeds)" if len(r["seeds"]) == 1 else "")
+                     + (f"; paired per task (evaluation noise only): {t['mean']:+.3f} +- {t['se']:.3f}" if t else ""))
     return "\n".join(lines) + "\n" + source(r)
 
 
@@ -82,11 +83,17 @@ def lifecycle(r):
 
 
 def mining(r):
-    lines = [f"## Mining quality: {r['miner']}\n\nSkills written by `{r['miner']}` from the won plain "
-             f"trajectories of `{r['policy']}` (up to {r['per_type']} per type), judged by experiments/mining.py.\n",
-             "| type | trajectories | well-formed | correct |", "|---|---:|---:|---:|"]
+    seeds = r.get("seeds", [r.get("seed", 0)])
+    lines = [f"## Mining quality: {r['miner']}\n\nSkills written by `{r['miner']}` (greedy) from the won plain-prompt "
+             f"training trajectories of `{r['policy']}` (up to {r['per_type']} per type and seed, seeds {seeds}; "
+             "the same trajectories for every miner), judged by experiments/mining.py: well-formed = the skill "
+             "parses; correct = its \"when\" names its own type only and its key steps hold the type's required "
+             "actions in order.\n", "| type | trajectories | well-formed | correct |", "|---|---:|---:|---:|"]
     for t, v in r["summary"].items():
         lines.append(f"| {t} | {v['n']} | {v['well_formed']:.3f} | {v['correct']:.3f} |")
+    a = r["summary"]["all"]
+    if "correct_seeds" in a and len(seeds) > 1:
+        lines.append(f"| all, mean over seeds | | {pm(*a['well_formed_seeds'])} | {pm(*a['correct_seeds'])} |")
     return "\n".join(lines) + "\n" + source(r)
 
 
@@ -94,7 +101,8 @@ def e2e(r):
     lines = [f"## End to end\n\n{r['description']}\n", "| method | " + " | ".join(r["splits"]) + " |",
              "|---|" + "---:|" * len(r["splits"])]
     for name, v in r["summary"].items():
-        lines.append(f"| {name} | " + " | ".join(pm(*v[s]) for s in r["splits"]) + " |")
+        cell = (lambda m, se: f"{m:.3f}") if name.startswith("start") else pm  # one evaluation: no error bar
+        lines.append(f"| {name} | " + " | ".join(cell(*v[s]) for s in r["splits"]) + " |")
     return "\n".join(lines) + "\n" + source(r)
 
 

@@ -42,3 +42,22 @@ def test_oracle_bank_holds_active_reference_skills(tmp_path):
     assert [(s.key, s.status) for s in bank.skills.values()] == [(t, "active") for t in C.SKILL_TYPES]
     s = bank.retrieve(C.SKILL_TYPES[0], "put a hot egg in countertop.", None, explore=False)
     assert s.fields == B.reference_skill(C.SKILL_TYPES[0])
+
+
+def test_mining_summary_pools_types_and_averages_seeds():
+    row = lambda t, ok, right: dict(type=t, well_formed=ok, correct=right)
+    runs = {"0": [row("heat", True, True), row("cool", True, False)], "1": [row("heat", False, False), row("heat", True, True)]}
+    s = mining.summarize(runs)
+    assert s["heat"] == dict(n=3, well_formed=2 / 3, correct=2 / 3)
+    assert s["cool"] == dict(n=1, well_formed=1.0, correct=0.0)
+    assert s["all"]["n"] == 4 and s["all"]["correct_seeds"] == C.mean_se([0.5, 0.5])
+    assert s["all"]["well_formed_seeds"] == C.mean_se([1.0, 0.5])
+
+
+def test_e2e_pools_the_skill_dependent_types_over_both_splits():
+    from experiments import e2e
+    heat, cool = C.SKILL_TYPES
+    final = dict(eval_seen=dict(by_type={heat: 0.5, cool: 0.0, "pick_and_place_simple": 1.0},
+                                by_type_n={heat: 2, cool: 2, "pick_and_place_simple": 5}),
+                 eval_unseen=dict(by_type={heat: 1.0}, by_type_n={heat: 1}))
+    assert e2e.rare(final) == 2 / 5  # (1 + 0 + 1) won of 5 heat/cool tasks; the pick tasks do not count

@@ -217,8 +217,7 @@ def test_internalization_gradient_exact_over_micro_batches(policy_dir, kind, mon
     adv = torch.linspace(-1.0, 2.0, len(steps))
     delta = [1.0 if s.group == 0 else -1.0 for s in steps]  # group 1's skill did not help: its gate is closed
     a = SimpleNamespace(updates=1, temperature=1.0, recompute_old_logp=False, kl_coef=0.0, lr=1.0, warmup=0,
-                        amp=False, device="cpu", max_bad_steps=5)
-    monkeypatch.setattr(U, "DISTILL", kind)
+                        amp=False, device="cpu", max_bad_steps=5, distill=kind)
     monkeypatch.setattr(U, "GRAD_CLIP", 1e9)  # no clipping: the update is the raw gradient
 
     def update(micro_tokens, lam):  # SGD with lr 1: before - after = the gradient
