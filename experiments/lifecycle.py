@@ -8,9 +8,11 @@ training. Each group of N rollouts of a training task of that type draws one of 
 (mine.paired_deltas) is recorded, until every skill has --uses groups. A lifecycle decision of a skill
 depends on its own deltas only, so every rule below is applied to the same recorded sequences:
 
-    paper     mine.SkillBank's default: after n_eval = 3 uses, mean < 0 retires, mean > 0 activates, 0 waits
-    ties      after 3 uses, mean > 0 activates, mean <= 0 retires
-    n6        the same after 6 uses
+    paper     mine.SkillBank as train.py runs it (n_eval = 3), replayed on the deltas: from 3 uses on, after
+              each use, mean < 0 retires (an active skill too), a candidate with mean > 0 activates, 0 waits;
+              a retired skill is used no more. The decision is the status after the last use.
+    n6        the same bank with n_eval = 6
+    ties      the first decision after 3 uses: mean > 0 activates, mean <= 0 retires
     se        after >= 3 uses, decide once |mean| >= 2 standard errors (activate if positive, retire if
               negative); at --uses without such a margin, retire (the skill showed no benefit)
 
@@ -67,17 +69,30 @@ def record(policy, tok, history, skills, uses, seed, groups=8, n=8):
     return deltas
 
 
+def replay(ds, n_eval):
+    """(status, uses at its last change) of a skill in a mine.SkillBank(n_eval) that records these deltas; it
+    records no more once retired (retrieval never returns a retired skill)."""
+    bank = mine.SkillBank(n_eval=n_eval)
+    sid = bank.add(B.reference_skill(PICK), "key", 0, dict(task="", actions=[]))
+    changed = len(ds)
+    for i, d in enumerate(ds):
+        before = bank.skills[sid].status
+        bank.update(sid, d, i)
+        if bank.skills[sid].status != before:
+            changed = i + 1
+        if bank.skills[sid].status == "retired":
+            break
+    return bank.skills[sid].status, changed
+
+
 def decide(ds, rule, uses):
     """(decision, uses it took): 'active', 'retired' or 'candidate' (undecided) under a rule."""
-    if rule in ("paper", "ties", "n6"):
-        k = 6 if rule == "n6" else 3
-        for i in range(k, len(ds) + 1):
-            m = sum(ds[:i]) / i
-            if m > 0:
-                return "active", i
-            if m < 0 or rule != "paper":
-                return "retired", i
-        return "candidate", len(ds)
+    if rule in ("paper", "n6"):
+        return replay(ds, 6 if rule == "n6" else 3)
+    if rule == "ties":
+        if len(ds) < 3:
+            return "candidate", len(ds)
+        return ("active" if sum(ds[:3]) > 0 else "retired"), 3
     for i in range(3, uses + 1):  # "se"
         m, se = C.mean_se(ds[:i])
         if se > 0 and abs(m) >= 2 * se or (se == 0 and m != 0):

@@ -48,21 +48,23 @@ def follow(r):
 
 
 def internalize(r):
-    s = r["start"]
+    s, types, conds = r["start"], r["types"], r.get("conds", ["lint", "control"])
+    by = lambda bt: " | ".join(f"{bt[t]['success']:.3f}" for t in types)  # plain success per type
     lines = [f"## Internalization in isolation\n\nAn oracle bank (the reference skills, active), training on "
-             f"{', '.join(r['types'])} tasks only, every group paired, phase 2 from the first iteration; "
+             f"{', '.join(types)} tasks only, every group paired, phase 2 from the first iteration; "
              f"{r['iters']} iterations of {r['groups']} x {r['group_size']} episodes; seeds {r['seeds']}. Plain-prompt "
-             f"success on {r['n_tasks']} held-out tasks of those types.\n",
-             "| policy | plain-prompt success | share of the gap closed |", "|---|---:|---:|",
-             f"| start, plain prompt | {s['plain']:.3f} | 0 |", f"| start, reference skill in the prompt | "
-             f"{s['skill']:.3f} | 1 |"]
+             f"success on {r['n_tasks']} held-out tasks of those types (per type: mean over seeds).\n",
+             f"| policy | {' | '.join(types)} | all | share of the gap closed |", "|---|" + "---:|" * (len(types) + 2),
+             f"| start, plain prompt | {by(s['plain_by_type'])} | {s['plain']:.3f} | 0 |",
+             f"| start, reference skill in the prompt | {by(s['skill_by_type'])} | {s['skill']:.3f} | 1 |"]
     labels = dict(lint="L_int, KL (lambda_max 1)", control="control (lambda_max 0)", nll="L_int, NLL (lambda_max 1)")
-    for cond in r.get("conds", ["lint", "control"]):
-        v = r["summary"][cond]
-        lines.append(f"| {labels[cond]} | {pm(v['success'], v['se']) if len(r['seeds']) > 1 else format(v['success'], '.3f')} | "
-                     f"{v['gap_closed']:.2f} |")
+    for cond in conds:
+        v, runs = r["summary"][cond], [r["runs"][f"{cond}_s{seed}"] for seed in r["seeds"]]
+        mean_by = {t: dict(success=sum(x["by_type"][t]["success"] for x in runs) / len(runs)) for t in types}
+        cell = pm(v["success"], v["se"]) if len(r["seeds"]) > 1 else f"{v['success']:.3f}"
+        lines.append(f"| {labels[cond]} | {by(mean_by)} | {cell} | {v['gap_closed']:.2f} |")
     lines.append("")
-    for cond in [c for c in r.get("conds", ["lint", "control"]) if c != "control"]:
+    for cond in [c for c in conds if c != "control"]:
         d, t = r["summary"][f"{cond} - control"], r["summary"].get(f"{cond} - control, per task")
         lines.append(f"- {labels[cond].split(' (')[0]} - control, paired over seeds: {d['mean']:+.3f} +- {d['se']:.3f}"
                      + (" (one seed: no standard error over seeds)" if len(r["seeds"]) == 1 else "")

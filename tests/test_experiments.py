@@ -25,6 +25,8 @@ def test_lifecycle_rules():
     assert lifecycle.decide([0.0] * 12, "paper", 12) == ("candidate", 12)
     assert lifecycle.decide([0.0] * 12, "ties", 12) == ("retired", 3)
     assert lifecycle.decide([0.0, 0.0, 0.25, 0.25, 0.25, 0.25], "n6", 12) == ("active", 6)
+    assert lifecycle.decide([0.0, 0.0, 1.0, -0.5, -0.75, 0.0], "paper", 12) == ("retired", 5)  # active, then demoted
+    assert lifecycle.decide([0.0, 0.0, 1.0, -0.5, 0.0], "ties", 12) == ("active", 3)  # the first decision only
     assert lifecycle.decide([-0.25, 0.0, 0.0] + [0.0] * 9, "se", 12) == ("retired", 12)  # never 2 SE off 0
     assert lifecycle.decide([0.5, 0.5, 0.75], "se", 12) == ("active", 3)
     assert lifecycle.decide([-0.25, -0.25, -0.25], "se", 12) == ("retired", 3)
