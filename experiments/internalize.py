@@ -6,8 +6,9 @@ phase 2 runs from the first iteration. Conditions per seed, on the same tasks an
     lint     --lambda-max 1 (the default schedule), L_int = the full-vocabulary KL (the default)
     control  --lambda-max 0: the same paired rollouts and base loss, no distillation
     nll      --lambda-max 1 --distill nll: L_int = the weighted NLL of the sampled token under the plain prompt
-Each trained policy is then evaluated with the plain prompt on the same held-out tasks of those types (and
-the starting policy with the plain prompt and with the skill, which define the gap to close).
+Each trained policy is then evaluated on the same held-out tasks of those types, with the plain prompt and with
+the reference skill in the prompt, as is the starting policy (its two define the gap to close; a trained
+policy's two, the gap left inside it).
 
     python -m experiments.internalize --policy runs/policy --seeds 0 1 2     # -> results/internalize.json
     python -m experiments.internalize --policy runs/policy --conds lint control nll   # + the NLL variant
@@ -51,7 +52,8 @@ CONDS = {"lint": ["--lambda-max", "1"], "control": ["--lambda-max", "0"],
 
 def train(policy, out, seed, flags, bank, types, a):
     """One train.py run (a subprocess, so that runs can share the cores one thread each; skipped when it
-    finished before), then its evaluation."""
+    finished before), then its evaluations: plain prompt, and reference skill in the prompt (what is left of the
+    gap inside the trained policy: internalized, the skill no longer helps)."""
     if not os.path.exists(os.path.join(out, "final.json")):
         cmd = [sys.executable, "train.py", "--model", policy, "--out", out, "--seed", str(seed), "--iters",
                str(a.iters), "--groups", str(a.groups), "--group-size", str(a.group_size), "--bank", bank,
@@ -60,8 +62,9 @@ def train(policy, out, seed, flags, bank, types, a):
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "stdout.log"), "w") as log:
             subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
-    return out, evaluate(os.path.join(out, "ckpt"), os.path.join(out, "held_out.json"), a.per_split,
-                         tokenizer=policy)
+    ckpt = os.path.join(out, "ckpt")
+    return out, [evaluate(ckpt, os.path.join(out, f"held_out{tag}.json"), a.per_split, tag == "_skill", policy)
+                 for tag in ("", "_skill")]
 
 
 def main():
@@ -91,9 +94,9 @@ def main():
         outs, start = list(outs), dict(zip(("plain", "skill"), start))
     tasks = C.held_out(types, a.per_split)
     runs = {}
-    for (seed, cond), (out, w) in zip(jobs, outs):
+    for (seed, cond), (out, (w, ws)) in zip(jobs, outs):
         runs[f"{cond}_s{seed}"] = dict(seed=seed, cond=cond, flags=CONDS[cond], wins=w, success=sum(w) / len(w),
-                                       by_type=C.by_type(tasks, w),
+                                       by_type=C.by_type(tasks, w), skill_wins=ws, skill_success=sum(ws) / len(ws),
                                        metrics=[json.loads(l) for l in open(os.path.join(out, "metrics.jsonl"))
                                                 if '"success"' in l and '"eval"' not in l])
         print(f"{cond} seed {seed}: plain success {sum(w) / len(w):.3f}", flush=True)
@@ -103,7 +106,10 @@ def main():
     for cond in a.conds:
         xs = [runs[f"{cond}_s{s}"]["success"] for s in a.seeds]
         m, se = C.mean_se(xs)
-        summary[cond] = dict(success=m, se=se, gap_closed=(m - p0) / gap if gap else None)
+        left = C.mean_se([runs[f"{cond}_s{s}"]["skill_success"] - runs[f"{cond}_s{s}"]["success"] for s in a.seeds])
+        summary[cond] = dict(success=m, se=se, gap_closed=(m - p0) / gap if gap else None,
+                             skill_success=C.mean_se([runs[f"{cond}_s{s}"]["skill_success"] for s in a.seeds]),
+                             gap_left=left)
     for cond in [c for c in a.conds if c != "control"]:
         d = C.paired([runs[f"control_s{s}"]["success"] for s in a.seeds],
                      [runs[f"{cond}_s{s}"]["success"] for s in a.seeds])
@@ -111,6 +117,9 @@ def main():
         t = C.paired([w for s in a.seeds for w in runs[f"control_s{s}"]["wins"]],
                      [w for s in a.seeds for w in runs[f"{cond}_s{s}"]["wins"]])
         summary[f"{cond} - control, per task"] = dict(mean=t[0], se=t[1], unit="task (evaluation noise only)")
+        g = C.paired([runs[f"control_s{s}"]["skill_success"] - runs[f"control_s{s}"]["success"] for s in a.seeds],
+                     [runs[f"{cond}_s{s}"]["skill_success"] - runs[f"{cond}_s{s}"]["success"] for s in a.seeds])
+        summary[f"{cond} - control, gap left"] = dict(mean=g[0], se=g[1], unit="seed")
     for k, v in summary.items():
         print(k, v)
     C.write(a.name, dict(policy=a.policy, types=[C.SHORT[t] for t in types], n_tasks=len(tasks), seeds=a.seeds,

@@ -53,22 +53,32 @@ def internalize(r):
     lines = [f"## Internalization in isolation\n\nAn oracle bank (the reference skills, active), training on "
              f"{', '.join(types)} tasks only, every group paired, phase 2 from the first iteration; "
              f"{r['iters']} iterations of {r['groups']} x {r['group_size']} episodes; seeds {r['seeds']}. Plain-prompt "
-             f"success on {r['n_tasks']} held-out tasks of those types (per type: mean over seeds).\n",
-             f"| policy | {' | '.join(types)} | all | share of the gap closed |", "|---|" + "---:|" * (len(types) + 2),
-             f"| start, plain prompt | {by(s['plain_by_type'])} | {s['plain']:.3f} | 0 |",
-             f"| start, reference skill in the prompt | {by(s['skill_by_type'])} | {s['skill']:.3f} | 1 |"]
+             f"success on {r['n_tasks']} held-out tasks of those types (per type: mean over seeds). Share of the gap closed: "
+             "(plain success - the start's plain) / (the start's success with the skill - its plain). With the "
+             "skill: the same policy with the reference skill in the prompt; gap left: that minus its plain success "
+             "(0: the skill is internalized).\n",
+             f"| policy | {' | '.join(types)} | all | share of the gap closed | with the skill | gap left |",
+             "|---|" + "---:|" * (len(types) + 4),
+             f"| start, plain prompt | {by(s['plain_by_type'])} | {s['plain']:.3f} | 0 | {s['skill']:.3f} | "
+             f"{s['skill'] - s['plain']:.3f} |",
+             f"| start, reference skill in the prompt | {by(s['skill_by_type'])} | {s['skill']:.3f} | 1 | | |"]
     labels = dict(lint="L_int, KL (lambda_max 1)", control="control (lambda_max 0)", nll="L_int, NLL (lambda_max 1)")
     for cond in conds:
         v, runs = r["summary"][cond], [r["runs"][f"{cond}_s{seed}"] for seed in r["seeds"]]
         mean_by = {t: dict(success=sum(x["by_type"][t]["success"] for x in runs) / len(runs)) for t in types}
         cell = pm(v["success"], v["se"]) if len(r["seeds"]) > 1 else f"{v['success']:.3f}"
-        lines.append(f"| {labels[cond]} | {by(mean_by)} | {cell} | {v['gap_closed']:.2f} |")
+        extra = f" {pm(*v['skill_success'])} | {pm(*v['gap_left'])} |" if "gap_left" in v else " | |"
+        lines.append(f"| {labels[cond]} | {by(mean_by)} | {cell} | {v['gap_closed']:.2f} |" + extra)
     lines.append("")
     for cond in [c for c in conds if c != "control"]:
         d, t = r["summary"][f"{cond} - control"], r["summary"].get(f"{cond} - control, per task")
         lines.append(f"- {labels[cond].split(' (')[0]} - control, paired over seeds: {d['mean']:+.3f} +- {d['se']:.3f}"
                      + (" (one seed: no standard error over seeds)" if len(r["seeds"]) == 1 else "")
                      + (f"; paired per task (evaluation noise only): {t['mean']:+.3f} +- {t['se']:.3f}" if t else ""))
+        if f"{cond} - control, gap left" in r["summary"]:
+            g = r["summary"][f"{cond} - control, gap left"]
+            lines.append(f"- gap left (with the skill - plain, the same trained policy), {labels[cond].split(' (')[0]} "
+                         f"- control, paired over seeds: {g['mean']:+.3f} +- {g['se']:.3f}")
     return "\n".join(lines) + "\n" + source(r)
 
 
