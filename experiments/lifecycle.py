@@ -22,6 +22,8 @@ A decision is right when a correct skill is activated or a wrong one retired; un
 """
 
 import argparse
+import json
+import math
 import random
 
 import torch
@@ -86,7 +88,9 @@ def replay(ds, n_eval):
 
 
 def decide(ds, rule, uses):
-    """(decision, uses it took): 'active', 'retired' or 'candidate' (undecided) under a rule."""
+    """(decision, uses it took): 'active', 'retired' or 'candidate' (undecided) under a rule, on the first
+    `uses` deltas (a skill may have recorded a few more in its last round)."""
+    ds = ds[:uses]
     if rule in ("paper", "n6"):
         return replay(ds, 6 if rule == "n6" else 3)
     if rule == "ties":
@@ -103,33 +107,68 @@ def decide(ds, rule, uses):
 RULES = ("paper", "ties", "n6", "se")
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--policy", required=True)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--uses", type=int, default=12, help="groups recorded per skill")
-    p.add_argument("--group-size", type=int, default=8, help="N: N/2 plain and N/2 with the skill")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--name", default="lifecycle")
-    a = p.parse_args()
-    policy, tok, history = C.load(a.policy, a.threads)
-    skills = seeded_skills(C.SKILL_TYPES)
-    runs = {}
-    for seed in a.seeds:
-        deltas = record(policy, tok, history, skills, a.uses, seed, n=a.group_size)
-        runs[seed] = {label: dict(correct=right, deltas=deltas[label],
-                                  decisions={r: decide(deltas[label], r, a.uses) for r in RULES})
-                      for label, _, right, _ in skills}
+def noise(runs, uses):
+    """What a decision is up against: the mean delta_g of correct and of wrong skills (per skill over its first
+    `uses` groups, then over skills), the standard deviation of one group's delta_g (pooled within skills), and
+    the uses a skill would need for a threshold halfway between the two means to sit 1.645 standard errors
+    from each (about 95% right decisions per skill, one-sided, normal approximation)."""
+    out = {}
+    for kind, want in (("correct", True), ("wrong", False)):
+        per = [v["deltas"][:uses] for run in runs.values() for v in run.values() if v["correct"] == want]
+        m, se = C.mean_se([sum(d) / len(d) for d in per])
+        ss = sum((x - sum(d) / len(d)) ** 2 for d in per for x in d)
+        out[kind] = dict(mean=m, se=se, sd_group=math.sqrt(ss / sum(len(d) - 1 for d in per)), skills=len(per))
+    sd = math.sqrt((out["correct"]["sd_group"] ** 2 + out["wrong"]["sd_group"] ** 2) / 2)
+    half = (out["correct"]["mean"] - out["wrong"]["mean"]) / 2
+    out["uses_for_95"] = math.ceil((1.645 * sd / half) ** 2) if half > 0 else None
+    return out
+
+
+def summarize(runs, uses):
+    """Per rule: the share of right decisions and the mean uses they took; plus noise()."""
     summary = {}
     for r in RULES:
+        for run in runs.values():
+            for v in run.values():
+                v["decisions"][r] = decide(v["deltas"], r, uses)
         right = [(v["decisions"][r][0] == ("active" if v["correct"] else "retired")) for run in runs.values()
                  for v in run.values()]
         taken = [v["decisions"][r][1] for run in runs.values() for v in run.values()]
         summary[r] = dict(right=sum(right) / len(right), n=len(right), mean_uses=sum(taken) / len(taken))
         print(f"{r}: {sum(right)}/{len(right)} right decisions, mean uses {summary[r]['mean_uses']:.1f}", flush=True)
+    summary["noise"] = noise(runs, uses)
+    print("noise", summary["noise"], flush=True)
+    return summary
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--policy", help="the policy whose rollouts record the deltas")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--uses", type=int, default=12, help="groups recorded per skill")
+    p.add_argument("--group-size", type=int, default=8, help="N: N/2 plain and N/2 with the skill")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--replay", help="a result file of this script: apply the rules to its recorded deltas again "
+                                    "(no rollouts; the recording's command is kept as recorded_by)")
+    p.add_argument("--name", default="lifecycle")
+    a = p.parse_args()
+    if a.replay:
+        old = json.load(open(a.replay))
+        runs, keep = old["runs"], {k: old[k] for k in ("policy", "seeds", "uses", "group_size", "types")}
+        keep["recorded_by"] = old.get("recorded_by", f"{old['command']} ({old['date']}, commit {old['commit']})")
+        C.write(a.name, dict(keep, summary=summarize(runs, old["uses"]), runs=runs))
+        return
+    if not a.policy:
+        p.error("--policy is required (or --replay)")
+    policy, tok, history = C.load(a.policy, a.threads)
+    skills = seeded_skills(C.SKILL_TYPES)
+    runs = {}
+    for seed in a.seeds:
+        deltas = record(policy, tok, history, skills, a.uses, seed, n=a.group_size)
+        runs[str(seed)] = {label: dict(correct=right, deltas=deltas[label], decisions={})
+                           for label, _, right, _ in skills}
     C.write(a.name, dict(policy=a.policy, seeds=a.seeds, uses=a.uses, group_size=a.group_size,
-                         types=[C.SHORT[t] for t in C.SKILL_TYPES], summary=summary,
-                         runs={str(k): v for k, v in runs.items()}))
+                         types=[C.SHORT[t] for t in C.SKILL_TYPES], summary=summarize(runs, a.uses), runs=runs))
 
 
 if __name__ == "__main__":

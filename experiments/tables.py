@@ -30,7 +30,8 @@ def pm(m, se):
 
 
 def source(r):
-    return f"\n`{r['command']}` ({r['date']}, commit {r['commit']})" + (f"; {r['note']}" if r.get("note") else "") + "\n"
+    rec = f"; deltas recorded by `{r['recorded_by']}`" if r.get("recorded_by") else ""
+    return f"\n`{r['command']}` ({r['date']}, commit {r['commit']}){rec}" + (f"; {r['note']}" if r.get("note") else "") + "\n"
 
 
 def follow(r):
@@ -83,14 +84,25 @@ def internalize(r):
 
 
 def lifecycle(r):
-    n = r["summary"]["paper"]["n"]
+    rules = {k: v for k, v in r["summary"].items() if k != "noise"}
+    n = rules["paper"]["n"]
     lines = [f"## Validation and lifecycle\n\n{n} decisions ({len(r['seeds'])} seeds x {n // len(r['seeds'])} seeded "
              f"skills: per type its reference skill and two wrong ones), the policy `{r['policy']}` held fixed, "
              f"groups of {r['group_size']} ({r['group_size'] // 2} plain vs {r['group_size'] // 2} with the skill), "
              f"{r['uses']} groups recorded per skill; each rule applied to the same deltas "
-             "(experiments/lifecycle.py).\n", "| rule | right decisions | mean uses to decide |", "|---|---:|---:|"]
-    for rule, v in r["summary"].items():
+             "(experiments/lifecycle.py: paper = mine.SkillBank as train.py runs it, replayed; n6 = the same with "
+             "n_eval 6; ties = the first decision after 3 uses, 0 retires; se = decide at 2 standard errors from "
+             "0, retire if never).\n", "| rule | right decisions | mean uses to decide |", "|---|---:|---:|"]
+    for rule, v in rules.items():
         lines.append(f"| {rule} | {v['right']:.3f} | {v['mean_uses']:.1f} |")
+    z = r["summary"].get("noise")
+    if z:
+        lines.append(f"\nMean delta_g per skill over its {r['uses']} groups: correct skills "
+                     f"{pm(z['correct']['mean'], z['correct']['se'])} ({z['correct']['skills']}), wrong skills "
+                     f"{pm(z['wrong']['mean'], z['wrong']['se'])} ({z['wrong']['skills']}); one group's delta_g has a "
+                     f"standard deviation of {z['correct']['sd_group']:.2f} (correct) and {z['wrong']['sd_group']:.2f} "
+                     f"(wrong). A threshold halfway between the two means needs about {z['uses_for_95']} uses per "
+                     "skill to decide 95% of skills right.")
     return "\n".join(lines) + "\n" + source(r)
 
 

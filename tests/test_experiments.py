@@ -63,3 +63,13 @@ def test_e2e_pools_the_skill_dependent_types_over_both_splits():
                                 by_type_n={heat: 2, cool: 2, "pick_and_place_simple": 5}),
                  eval_unseen=dict(by_type={heat: 1.0}, by_type_n={heat: 1}))
     assert e2e.rare(final) == 2 / 5  # (1 + 0 + 1) won of 5 heat/cool tasks; the pick tasks do not count
+
+
+def test_lifecycle_noise_and_truncation():
+    runs = {"0": {"a": dict(correct=True, deltas=[0.5, 0.0, 0.5, 0.0, -9.0]), "b": dict(correct=False, deltas=[0.0, 0.0, 0.0, 0.0])}}
+    z = lifecycle.noise(runs, 4)  # the fifth delta of "a" is beyond --uses
+    assert z["correct"]["mean"] == 0.25 and z["wrong"]["mean"] == 0.0
+    assert math.isclose(z["correct"]["sd_group"], math.sqrt(4 * 0.25 ** 2 / 3))
+    sd = math.sqrt(z["correct"]["sd_group"] ** 2 / 2)
+    assert z["uses_for_95"] == math.ceil((1.645 * sd / 0.125) ** 2)
+    assert lifecycle.decide([0.5, 0.5, 0.5, -9.0], "paper", 3) == ("active", 3)
