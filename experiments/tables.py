@@ -118,6 +118,14 @@ def mining(r):
     a = r["summary"]["all"]
     if "correct_seeds" in a and len(seeds) > 1:
         lines.append(f"| all, mean over seeds | | {pm(*a['well_formed_seeds'])} | {pm(*a['correct_seeds'])} |")
+    rows = [x for rs in r["skills"].values() for x in rs] if isinstance(r["skills"], dict) else r["skills"]
+    bins = [(lo, hi) for lo, hi in ((1, 10), (10, 20), (20, 30), (30, 10 ** 6)) if any(lo <= x["steps"] < hi for x in rows)]
+    lines += ["", "By the length of the trajectory (actions):", "", "| actions | trajectories | well-formed | correct |",
+              "|---|---:|---:|---:|"]
+    for lo, hi in bins:
+        rs = [x for x in rows if lo <= x["steps"] < hi]
+        lines.append(f"| {lo}-{hi - 1 if hi < 10 ** 6 else ''} | {len(rs)} | {sum(x['well_formed'] for x in rs) / len(rs):.3f} | "
+                     f"{sum(x['correct'] for x in rs) / len(rs):.3f} |")
     return "\n".join(lines) + "\n" + source(r)
 
 
