@@ -135,7 +135,8 @@ def mining(r):
 def e2e_table(r):
     lines = ["| method | " + " | ".join(r["splits"]) + " |", "|---|" + "---:|" * len(r["splits"])]
     for name, v in r["summary"].items():
-        cell = (lambda m, se: f"{m:.3f}") if name.startswith("start") else pm  # one evaluation: no error bar
+        cell = ((lambda m, se: f"{m:.3f}") if name.startswith("start") else  # one evaluation: no error bar
+                (lambda m, se: f"{m:+.3f} +- {se:.3f}") if " - " in name else pm)  # a paired difference: signed
         lines.append(f"| {name} | " + " | ".join(cell(*v[s]) for s in r["splits"]) + " |")
     return "\n".join(lines) + "\n"
 
