@@ -79,8 +79,10 @@ def own_wins(policy, tok, history, per_type, seed, rounds=12, batch=48):
 
 
 def wins_of(policy, tok, history, a, seed):
-    """own_wins for one seed, cached as JSON in --out: every miner judges the same trajectories."""
-    path = os.path.join(a.out, f"wins_s{seed}.json")
+    """own_wins for one seed, cached as JSON in --out (keyed by the policy and the sampling settings): every
+    miner judges the same trajectories."""
+    name = os.path.basename(os.path.normpath(a.policy))
+    path = os.path.join(a.out, f"wins_{name}_s{seed}_{a.per_type}x{a.rounds}.json")
     if not os.path.exists(path):
         wins = own_wins(policy, tok, history, a.per_type, seed, a.rounds)
         os.makedirs(a.out, exist_ok=True)
